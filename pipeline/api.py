@@ -1,0 +1,231 @@
+"""HTTP routes: ingest, reads, health and the page. Input is validated here, at the edge."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator
+
+import orjson
+from quart import Blueprint, Response, render_template, request
+
+from . import bus
+from .messages import InvalidBody, canonical_id, new_id, parse_body, render, utc_timestamp
+from .problems import Problem
+from .services import services
+from .store import TRANSIENT_ERRORS
+
+blueprint = Blueprint("api", __name__)
+
+RETRY_AFTER_S = "2"
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+_PAGE_ROWS = 1000
+_HEALTH_TIMEOUT_S = 2.0
+
+
+def _unavailable(what: str) -> Problem:
+    return Problem(503, f"{what} is unavailable; try again shortly.", headers={"Retry-After": RETRY_AFTER_S})
+
+
+def _check_token() -> None:
+    token = services().settings.ingest_token
+    if token is None:
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Problem(
+            401,
+            "Writes need the header 'Authorization: Bearer <token>' with the configured token.",
+            headers={"WWW-Authenticate": 'Bearer realm="pipeline"'},
+        )
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable():
+        raise Problem(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable characters.")
+    return key
+
+
+@blueprint.route("/messages", methods=["POST", "PUT"])
+@blueprint.route("/json_dummy", methods=["POST", "PUT"])
+@blueprint.route("/json_dummy/", methods=["POST", "PUT"])
+async def ingest() -> Response:
+    """Accept one JSON document: queue it and answer 202 at once."""
+    _check_token()
+    idempotency_key = _idempotency_key()
+    body = await request.get_data(cache=False)
+    assert isinstance(body, bytes)
+    try:
+        payload = parse_body(body)
+    except InvalidBody as exc:
+        raise Problem(400, str(exc)) from None
+    try:
+        accepted = await services().enqueuer.enqueue(
+            new_id(), payload, utc_timestamp(), idempotency_key=idempotency_key, body=body
+        )
+    except bus.Unavailable:
+        raise _unavailable("The queue (Redis)") from None
+    except bus.IdempotencyConflict as exc:
+        raise Problem(
+            422,
+            f"This Idempotency-Key was used for message {exc} with a different body.",
+        ) from None
+    answer = {"id": accepted.id, "status": "queued", "received_at": accepted.received_at}
+    return Response(
+        orjson.dumps(answer),
+        status=202,
+        content_type="application/json",
+        headers={"Location": f"/messages/{accepted.id}"},
+    )
+
+
+def _int_arg(name: str, *, low: int) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise Problem(400, f"Query parameter {name!r} must be a whole number, got {raw!r}.") from None
+    if value < low:
+        raise Problem(400, f"Query parameter {name!r} must be at least {low}, got {value}.")
+    return value
+
+
+@blueprint.get("/messages")
+@blueprint.get("/json_dummy")
+@blueprint.get("/json_dummy/")
+async def list_messages() -> Response:
+    """Stored messages as one JSON array, ascending ``seq``, streamed page by page."""
+    after = _int_arg("after", low=0) or 0
+    limit = _int_arg("limit", low=0)
+    tail = _int_arg("tail", low=0)
+    store = services().store
+    try:
+        if tail is not None:
+            first = await store.tail(tail if limit is None else min(tail, limit))
+            until = first[-1].seq if first else 0
+            limit = len(first)
+        else:
+            until = await store.latest_seq()
+            first = await store.after(after, _page_size(limit), until)
+    except TRANSIENT_ERRORS:
+        raise _unavailable("The database") from None
+
+    async def pages() -> AsyncIterator[bytes]:
+        page, sent = first, 0
+        yield b"["
+        while page:
+            chunk = ",".join(render(message) for message in page)
+            yield (chunk if sent == 0 else "," + chunk).encode()
+            sent += len(page)
+            if len(page) < _PAGE_ROWS or (limit is not None and sent >= limit):
+                break
+            page = await store.after(page[-1].seq, _page_size(None if limit is None else limit - sent), until)
+        yield b"]"
+
+    response = Response(pages(), content_type="application/json")
+    response.timeout = None
+    return response
+
+
+def _page_size(remaining: int | None) -> int:
+    return _PAGE_ROWS if remaining is None else min(_PAGE_ROWS, remaining)
+
+
+@blueprint.get("/messages/<message_id>")
+@blueprint.get("/json_dummy/<message_id>")
+async def get_message(message_id: str) -> Response:
+    """One message: 200 stored, 202 still queued, 404 unknown."""
+    canonical = canonical_id(message_id)
+    if canonical is None:
+        raise Problem(404, f"No message has the id {message_id!r} (ids are UUIDs).")
+    found = services()
+    try:
+        # Ask Redis first: the job disappears only after its row is committed, so a job that
+        # is gone now means the database read below sees the row.
+        queued = await bus.job_exists(found.redis, canonical)
+    except bus.REDIS_ERRORS:
+        queued = False
+    try:
+        message = await found.store.get(canonical)
+    except TRANSIENT_ERRORS:
+        raise _unavailable("The database") from None
+    if message is not None:
+        return Response(render(message), content_type="application/json")
+    if queued:
+        return _json({"id": canonical, "status": "queued"}, 202)
+    try:
+        failed = await bus.failure(found.redis, canonical)
+    except bus.REDIS_ERRORS:
+        raise _unavailable("Redis") from None
+    if failed is not None:
+        return _json({"id": canonical, "status": "failed", "error": failed["error"]}, 202)
+    raise Problem(404, f"No message has the id {canonical}.")
+
+
+def _json(document: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(document), status=status, content_type="application/json")
+
+
+@blueprint.get("/healthz")
+async def healthz() -> Response:
+    """Liveness and dependencies: Redis, the database, a live worker."""
+    found = services()
+
+    async def redis_check() -> dict[str, object]:
+        await found.redis.ping()
+        worker_alive, queued, failed = await asyncio.gather(
+            bus.worker_alive(found.redis), found.redis.zcard(bus.QUEUE_NAME), bus.failure_count(found.redis)
+        )
+        return {"worker": worker_alive, "queued": queued, "failed": failed}
+
+    async def database_check() -> int:
+        return await found.store.latest_seq()
+
+    redis_result, database_result = await asyncio.gather(
+        asyncio.wait_for(redis_check(), _HEALTH_TIMEOUT_S),
+        asyncio.wait_for(database_check(), _HEALTH_TIMEOUT_S),
+        return_exceptions=True,
+    )
+    redis_ok = not isinstance(redis_result, BaseException)
+    database_ok = not isinstance(database_result, BaseException)
+    worker_ok = redis_ok and bool(redis_result["worker"])  # type: ignore[index]
+    report: dict[str, object] = {
+        "status": "ok" if redis_ok and database_ok and worker_ok else "unavailable",
+        "redis": {"ok": redis_ok} if redis_ok else {"ok": False, "error": _describe(redis_result)},
+        "database": (
+            {"ok": True, "latest_seq": database_result}
+            if database_ok
+            else {"ok": False, "error": _describe(database_result)}
+        ),
+        "worker": {"ok": worker_ok},
+        "live": {"subscribers": found.hub.subscriber_count, "last_seq": found.hub.last_seq},
+    }
+    if redis_ok:
+        report["queue"] = {"queued": redis_result["queued"], "failed": redis_result["failed"]}  # type: ignore[index]
+    return _json(report, 200 if report["status"] == "ok" else 503)
+
+
+def _describe(error: object) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+@blueprint.get("/")
+async def page() -> Response:
+    """The live page."""
+    html = await render_template("index.html")
+    return Response(
+        html,
+        content_type="text/html; charset=utf-8",
+        headers={
+            "Content-Security-Policy": (
+                "default-src 'self'; style-src 'self'; connect-src 'self'; "
+                "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'"
+            )
+        },
+    )

@@ -1,0 +1,112 @@
+"""The application factory: the only place that wires blueprints and the process lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from quart import Quart, Response, current_app
+from werkzeug.exceptions import HTTPException
+
+from . import api, bus, live
+from .config import Settings
+from .hub import Hub
+from .problems import Problem, problem_response
+from .services import EXTENSION_KEY, Services
+from .store import TRANSIENT_ERRORS, Store
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+_DATABASE_WAIT_S = 30.0
+
+
+def create_app(settings: Settings) -> Quart:
+    """A Quart app serving the pipeline for ``settings`` (its Redis URL must be set)."""
+    assert settings.redis_url, "the web process needs a Redis URL"
+    app = Quart(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        # Streams set their own (no) timeout; this bounds ordinary responses.
+        RESPONSE_TIMEOUT=60,
+        BODY_TIMEOUT=30,
+    )
+    app.register_blueprint(api.blueprint)
+    app.register_blueprint(live.blueprint)
+    _register_error_handlers(app)
+
+    @app.while_serving
+    async def lifecycle() -> AsyncIterator[None]:
+        redis = bus.connect(settings.redis_url or "")
+        store = Store(settings.database_url)
+        hub = Hub(redis, store)
+        try:
+            await _prepare_database(store)
+            await hub.start()
+            app.extensions[EXTENSION_KEY] = Services(settings, redis, bus.Enqueuer(redis), store, hub)
+            yield
+        finally:
+            await hub.stop()
+            await store.close()
+            await redis.aclose(close_connection_pool=True)
+
+    @app.after_request
+    async def security_headers(response: Response) -> Response:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    return app
+
+
+def close_streams(app: Quart) -> None:
+    """End every open stream (WebSocket 1001, SSE end of response): the server is stopping."""
+    found: Services | None = app.extensions.get(EXTENSION_KEY)
+    if found is not None:
+        found.hub.close_all()
+
+
+async def _prepare_database(store: Store) -> None:
+    # A web process may start before its database answers (a platform restarting both).
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _DATABASE_WAIT_S
+    delay_s = 0.2
+    while True:
+        try:
+            await store.create_tables()
+            return
+        except TRANSIENT_ERRORS as exc:
+            if loop.time() > deadline:
+                raise
+            logger.warning("waiting for the database: %s", exc)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 5.0)
+
+
+def _register_error_handlers(app: Quart) -> None:
+    @app.errorhandler(Problem)
+    async def on_problem(error: Problem) -> Response:
+        return problem_response(error.status, error.detail, error.headers)
+
+    @app.errorhandler(HTTPException)
+    async def on_http_exception(error: HTTPException) -> Response:
+        status = error.code or 500
+        headers = {name: value for name, value in error.get_headers() if name.lower() == "allow"}
+        return problem_response(status, _http_detail(status, error), headers)
+
+    @app.errorhandler(Exception)
+    async def on_unexpected(error: Exception) -> Response:
+        logger.exception("unexpected error", exc_info=error)
+        return problem_response(500, "Something went wrong on our side; it has been logged.")
+
+
+def _http_detail(status: int, error: HTTPException) -> str:
+    if status == 404:
+        return "There is nothing at this URL. See GET / for the page and /messages for the API."
+    if status == 405:
+        allowed = ", ".join(getattr(error, "valid_methods", None) or [])
+        return f"This URL does not accept that method. Allowed: {allowed}."
+    if status == 413:
+        return f"The body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes (MAX_BODY_BYTES)."
+    return error.description or "The request could not be handled."

@@ -1,0 +1,270 @@
+"""Redis: the arq queue, the pub/sub channels and short-lived keys.
+
+Enqueueing writes an ordinary arq job (``arq:job:<id>`` plus the ``arq:queue`` sorted set, JSON
+instead of pickle) but through one Lua script, so a request costs one round trip and the
+idempotency check, the job and the worker's wake-up happen atomically.
+
+The script also carries a deadline. A Redis that stops answering (paused, swapping) still
+runs the commands queued on its socket when it resumes; if the web process has answered 503
+by then, the job must not appear. So the script refuses to write once the deadline (taken
+shortly before the client's own timeout, on Redis's clock) has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from arq.connections import ArqRedis
+from arq.constants import default_queue_name, health_check_key_suffix, job_key_prefix
+from arq.jobs import serialize_job
+from redis.asyncio import ConnectionPool
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+QUEUE_NAME = default_queue_name
+STORE_JOB = "store_message"
+MESSAGES_CHANNEL = "pipeline:messages"
+WAKE_CHANNEL = "pipeline:wake"
+FAILED_KEY = "pipeline:failed"
+IDEMPOTENCY_PREFIX = "pipeline:idempotency:"
+IDEMPOTENCY_TTL_S = 24 * 3600
+# arq expires a job that has not started within its TTL; an accepted message must wait for a
+# worker however long it takes, so the TTL is a year rather than arq's default day.
+JOB_TTL_MS = 365 * 24 * 3600 * 1000
+
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+REDIS_TIMEOUT_S = 2.0
+# The script writes nothing once this much of the client's timeout has passed (see above).
+_DEADLINE_S = REDIS_TIMEOUT_S - 0.5
+_CLOCK_RESYNC_S = 60.0
+
+_ENQUEUE_SCRIPT = """
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[1]) then
+  return {'late'}
+end
+if #KEYS == 3 then
+  local previous = redis.call('GET', KEYS[3])
+  if previous then
+    return {'existing', previous}
+  end
+  redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6])
+end
+redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[7], ARGV[2])
+redis.call('PUBLISH', ARGV[8], '')
+return {'queued'}
+"""
+
+
+def dumps_job(data: dict[str, Any]) -> bytes:
+    """arq job serializer: JSON, never pickle (exceptions in results become their text)."""
+    return orjson.dumps(data, default=str)
+
+
+def loads_job(raw: bytes) -> dict[str, Any]:
+    """arq job deserializer."""
+    result: dict[str, Any] = orjson.loads(raw)
+    return result
+
+
+def connect(url: str, *, timeout_s: float = REDIS_TIMEOUT_S) -> ArqRedis:
+    """A Redis client (an arq pool) for ``redis://``, ``rediss://`` or ``unix://`` URLs."""
+    options: dict[str, Any] = {
+        "socket_connect_timeout": timeout_s,
+        "socket_timeout": timeout_s,
+        "health_check_interval": 30,
+    }
+    scheme = urlsplit(url).scheme
+    if scheme != "unix":
+        options["socket_keepalive"] = True
+    if scheme == "rediss":
+        # Heroku Redis serves TLS with a self-signed certificate.
+        options["ssl_cert_reqs"] = "none"
+    pool = ConnectionPool.from_url(url, **options)
+    return ArqRedis(
+        pool,
+        job_serializer=dumps_job,
+        job_deserializer=loads_job,
+        default_queue_name=QUEUE_NAME,
+    )
+
+
+class Unavailable(Exception):
+    """Redis could not take the job (down, refusing, or too slow to answer)."""
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different body."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What ingest answers: the message id and when it was received."""
+
+    id: str
+    received_at: str
+    replayed: bool = False
+
+
+class Enqueuer:
+    """Puts store jobs on the arq queue, one round trip each."""
+
+    def __init__(self, redis: ArqRedis) -> None:
+        self._redis = redis
+        self._script = redis.register_script(_ENQUEUE_SCRIPT)
+        self._offset_ms = 0.0
+        self._synced_at = float("-inf")
+
+    async def enqueue(
+        self,
+        message_id: str,
+        payload: str,
+        received_at: str,
+        *,
+        idempotency_key: str | None = None,
+        body: bytes = b"",
+    ) -> Accepted:
+        """Queue a store job for one message, or raise Unavailable / IdempotencyConflict."""
+        try:
+            await self._sync_clock()
+            now_ms = time.time() * 1000
+            job = serialize_job(
+                STORE_JOB,
+                (message_id, payload, received_at),
+                {},
+                None,
+                int(now_ms),
+                serializer=dumps_job,
+            )
+            keys = [job_key_prefix + message_id, QUEUE_NAME]
+            digest = ""
+            if idempotency_key is not None:
+                keys.append(IDEMPOTENCY_PREFIX + _sha256(idempotency_key.encode()))
+                digest = _sha256(body)
+            args = [
+                int(now_ms + self._offset_ms + _DEADLINE_S * 1000),
+                message_id,
+                job,
+                JOB_TTL_MS,
+                f"{message_id} {received_at} {digest}",
+                IDEMPOTENCY_TTL_S,
+                int(now_ms),
+                WAKE_CHANNEL,
+            ]
+            reply = await self._script(keys=keys, args=args)
+        except REDIS_ERRORS as exc:
+            raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+        status = reply[0].decode()
+        if status == "late":
+            raise Unavailable("Redis answered after the deadline; nothing was queued")
+        if status == "existing":
+            previous_id, previous_received_at, previous_digest = reply[1].decode().split(" ")
+            if previous_digest != digest:
+                raise IdempotencyConflict(previous_id)
+            return Accepted(previous_id, previous_received_at, replayed=True)
+        return Accepted(message_id, received_at)
+
+    async def _sync_clock(self) -> None:
+        # The deadline is on Redis's clock; learn its offset from ours (error <= RTT/2).
+        if time.monotonic() - self._synced_at < _CLOCK_RESYNC_S:
+            return
+        before = time.time()
+        seconds, micros = await self._redis.time()
+        after = time.time()
+        self._offset_ms = (seconds + micros / 1e6 - (before + after) / 2) * 1000
+        self._synced_at = time.monotonic()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def job_exists(redis: ArqRedis, message_id: str) -> bool:
+    """True while the store job for ``message_id`` is queued or running."""
+    return bool(await redis.exists(job_key_prefix + message_id))
+
+
+async def worker_alive(redis: ArqRedis) -> bool:
+    """True if some worker recorded its health check recently."""
+    return bool(await redis.exists(QUEUE_NAME + health_check_key_suffix))
+
+
+async def publish(redis: ArqRedis, packed: str) -> None:
+    """Announce stored messages (an RFC 7464 sequence of rendered messages)."""
+    await redis.publish(MESSAGES_CHANNEL, packed)
+
+
+async def record_failure(redis: ArqRedis, message_id: str, details: dict[str, Any]) -> None:
+    """Keep a message whose store gave up where an operator can see it."""
+    await redis.hset(FAILED_KEY, message_id, orjson.dumps(details))
+
+
+async def failure(redis: ArqRedis, message_id: str) -> dict[str, Any] | None:
+    """The failure record of one message, if its store gave up."""
+    raw = await redis.hget(FAILED_KEY, message_id)
+    return loads_job(raw) if raw else None
+
+
+async def failure_count(redis: ArqRedis) -> int:
+    """How many messages are recorded as failed."""
+    return int(await redis.hlen(FAILED_KEY))
+
+
+async def listen(
+    redis: ArqRedis,
+    channel: str,
+    on_message: Callable[[bytes], Awaitable[None]],
+    *,
+    on_connect: Callable[[], Awaitable[None]] | None = None,
+    idle_ping_s: float = 5.0,
+) -> None:
+    """Relay a channel's messages to ``on_message`` for ever, reconnecting with back-off.
+
+    ``on_connect`` runs after every (re)subscription, so a caller can catch up on what was
+    published while it was away. Cancel the task to stop.
+    """
+    backoff_s = 0.1
+    while True:
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(channel)
+            if on_connect is not None:
+                await on_connect()
+            backoff_s = 0.1
+            await _relay(pubsub, on_message, idle_ping_s)
+        except REDIS_ERRORS as exc:
+            logger.warning("subscription to %s lost (%s); retrying in %.1fs", channel, exc, backoff_s)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, 5.0)
+        finally:
+            # aclose() must not hide a CancelledError, nor raise over the original error.
+            with contextlib.suppress(*REDIS_ERRORS):
+                await asyncio.shield(pubsub.aclose())
+
+
+async def _relay(pubsub: Any, on_message: Callable[[bytes], Awaitable[None]], idle_ping_s: float) -> None:
+    # A Redis that vanished without closing the socket would leave us waiting for ever, so an
+    # idle subscription pings, and two silent intervals count as a lost connection.
+    last_heard = time.monotonic()
+    while True:
+        message = await pubsub.get_message(timeout=idle_ping_s)
+        now = time.monotonic()
+        if message is None:
+            if now - last_heard > 2 * idle_ping_s:
+                raise TimeoutError("no answer to pings")
+            await pubsub.ping()
+            continue
+        last_heard = now
+        if message["type"] == "message":
+            await on_message(message["data"])

@@ -1,0 +1,232 @@
+"""The per-process hub: one Redis subscription fanned out to every open stream.
+
+The database is the source of truth and pub/sub the fast path. The hub keeps ``last_seq``,
+the newest message it has handed out, and only ever hands out ``last_seq + 1, + 2, ...``:
+a notification that skips ahead (out of order from several workers, or one that was lost
+while Redis was away) makes it read the missing range from the database first, and a
+periodic check of the database's newest ``seq`` catches anything whose notification never
+came. Since ``seq`` grows in commit order, whatever the database holds below a visible
+``seq`` is final, so these reads never miss a message.
+
+Each stream owns a bounded :class:`Subscription`. Messages are encoded once per process into
+the WebSocket and SSE frames every subscriber shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from typing import NamedTuple
+
+from arq.connections import ArqRedis
+
+from . import bus
+from .messages import Message, render, seq_of, unpack
+from .store import TRANSIENT_ERRORS, Store
+
+logger = logging.getLogger(__name__)
+
+MAX_BUFFER_MESSAGES = 1000
+MAX_BUFFER_BYTES = 1024 * 1024
+_FILL_PAGE = 1000
+
+
+class Delivery(NamedTuple):
+    """One stored message, ready to send on either transport."""
+
+    seq: int
+    text: str
+    ws_frame: str
+    sse_frame: bytes
+
+
+def delivery(rendered: str, seq: int | None = None) -> Delivery:
+    """Wrap a rendered message in its WebSocket and SSE frames."""
+    seq = seq_of(rendered) if seq is None else seq
+    ws_frame = f'{{"event":"message","data":{rendered}}}'
+    if "\n" in rendered or "\r" in rendered:
+        # A payload's whitespace may hold line breaks; SSE needs one data: line per line.
+        data = "".join(f"data: {line}\n" for line in rendered.splitlines())
+    else:
+        data = f"data: {rendered}\n"
+    sse_frame = f"id: {seq}\nevent: message\n{data}\n".encode()
+    return Delivery(seq, rendered, ws_frame, sse_frame)
+
+
+def deliveries(messages: Iterable[Message]) -> list[Delivery]:
+    """Deliveries for messages read from the database."""
+    return [delivery(render(message), message.seq) for message in messages]
+
+
+class Overflow(Exception):
+    """The subscriber fell too far behind; its stream must close (WebSocket 1013)."""
+
+
+class Closed(Exception):
+    """The hub is shutting down; the stream should end (WebSocket 1001)."""
+
+
+class Subscription:
+    """A bounded buffer of deliveries for one stream, filled by the hub."""
+
+    def __init__(self, start_seq: int, max_messages: int, max_bytes: int) -> None:
+        self.start_seq = start_seq
+        self._items: deque[Delivery] = deque()
+        self._bytes = 0
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._ready = asyncio.Event()
+        self._error: Exception | None = None
+
+    def offer(self, item: Delivery) -> None:
+        """Queue a delivery; past the bound the subscription fails with Overflow."""
+        if self._error is not None:
+            return
+        self._items.append(item)
+        self._bytes += len(item.text)
+        if len(self._items) > self._max_messages or self._bytes > self._max_bytes:
+            self._items.clear()
+            self._error = Overflow()
+        self._ready.set()
+
+    def close(self) -> None:
+        """End the subscription (the hub is stopping)."""
+        if self._error is None:
+            self._error = Closed()
+        self._ready.set()
+
+    def take_pending(self) -> list[Delivery]:
+        """Everything queued now, without waiting."""
+        if self._error is not None:
+            raise self._error
+        items = list(self._items)
+        self._items.clear()
+        self._bytes = 0
+        self._ready.clear()
+        return items
+
+    async def wait(self, timeout_s: float | None = None) -> list[Delivery]:
+        """Wait until something is queued (or ``timeout_s`` passes) and take it all."""
+        if not self._items and self._error is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), timeout_s)
+        return self.take_pending()
+
+    def backlog(self) -> int:
+        """How many deliveries wait in the buffer."""
+        return len(self._items)
+
+
+class Hub:
+    """Owns this process's subscription to stored messages and its subscribers."""
+
+    def __init__(
+        self,
+        redis: ArqRedis,
+        store: Store,
+        *,
+        reconcile_interval_s: float = 2.0,
+        max_buffer_messages: int = MAX_BUFFER_MESSAGES,
+        max_buffer_bytes: int = MAX_BUFFER_BYTES,
+    ) -> None:
+        self._redis = redis
+        self._store = store
+        self._reconcile_interval_s = reconcile_interval_s
+        self._max_messages = max_buffer_messages
+        self._max_bytes = max_buffer_bytes
+        self._subscribers: set[Subscription] = set()
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.last_seq = 0
+
+    async def start(self) -> None:
+        """Learn where the database is, then follow Redis and the database."""
+        self.last_seq = await self._store.latest_seq()
+        self._tasks = [
+            asyncio.create_task(
+                bus.listen(self._redis, bus.MESSAGES_CHANNEL, self._on_published, on_connect=self.catch_up),
+                name="hub-listen",
+            ),
+            asyncio.create_task(self._reconcile_forever(), name="hub-reconcile"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop following and end every subscription."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        self.close_all()
+
+    def close_all(self) -> None:
+        """End every subscription, open or yet to come (streams close as "going away")."""
+        self._closing = True
+        for subscriber in list(self._subscribers):
+            subscriber.close()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[Subscription]:
+        """A subscription that receives every message after the hub's current ``last_seq``."""
+        subscription = Subscription(self.last_seq, self._max_messages, self._max_bytes)
+        if self._closing:
+            subscription.close()
+        self._subscribers.add(subscription)
+        try:
+            yield subscription
+        finally:
+            self._subscribers.discard(subscription)
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many streams are open on this process."""
+        return len(self._subscribers)
+
+    async def _on_published(self, data: bytes) -> None:
+        items = [delivery(text) for text in unpack(data.decode())]
+        async with self._lock:
+            for item in items:
+                if item.seq <= self.last_seq:
+                    continue
+                if item.seq > self.last_seq + 1 and not await self._fill(item.seq - 1):
+                    # Never hand out past a gap; the reconcile loop fills it from the database.
+                    return
+                self._hand_out(item)
+
+    async def catch_up(self) -> None:
+        """Hand out whatever the database holds beyond ``last_seq``."""
+        async with self._lock:
+            await self._fill(None)
+
+    async def _fill(self, until: int | None) -> bool:
+        while True:
+            try:
+                page = await self._store.after(self.last_seq, _FILL_PAGE, until)
+            except TRANSIENT_ERRORS as exc:
+                logger.warning("database unavailable while catching up: %s", exc)
+                return False
+            for item in deliveries(page):
+                self._hand_out(item)
+            if len(page) < _FILL_PAGE:
+                return True
+
+    def _hand_out(self, item: Delivery) -> None:
+        self.last_seq = item.seq
+        for subscriber in self._subscribers:
+            subscriber.offer(item)
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._reconcile_interval_s)
+            try:
+                latest = await self._store.latest_seq()
+            except TRANSIENT_ERRORS as exc:
+                logger.warning("database unavailable: %s", exc)
+                continue
+            if latest > self.last_seq:
+                await self.catch_up()

@@ -1,0 +1,164 @@
+"""Live streams: WebSocket (``/ws``) and Server-Sent Events (``/events``).
+
+Both share :func:`follow`: replay what is stored after the client's ``seq`` from the
+database, subscribe to the hub, replay once more to close the race between the two, then
+pass on live deliveries, dropping any ``seq`` already sent. Each stream therefore sees
+strictly increasing ``seq``, none twice and none missed, whichever process it reaches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+from quart import Blueprint, Response, request, websocket
+from werkzeug.datastructures import Headers
+
+from .hub import Closed, Delivery, Overflow, deliveries
+from .problems import Problem
+from .services import services
+from .store import Store
+
+blueprint = Blueprint("live", __name__)
+
+_REPLAY_PAGE = 1000
+# RFC 6455 §7.4.1: 1001 "going away" (server stopping), 1013 "try again later" (too slow).
+CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+async def follow(after: int | None) -> AsyncIterator[list[Delivery] | None]:
+    """Batches of deliveries for one stream, in ``seq`` order; None when a ping is due.
+
+    Raises Overflow when the stream's buffer overflows and Closed when the hub stops.
+    """
+    found = services()
+    store, hub, interval_s = found.store, found.hub, found.settings.ping_interval_s
+    sent = after or 0
+    if after is not None:
+        async for batch in _replay(store, sent):
+            yield batch
+            sent = batch[-1].seq
+    async with hub.subscribe() as subscription:
+        if after is None:
+            sent = subscription.start_seq
+        else:
+            async for batch in _replay(store, sent):
+                yield batch
+                sent = batch[-1].seq
+        next_ping = time.monotonic() + interval_s
+        while True:
+            batch = await subscription.wait(max(0.0, next_ping - time.monotonic()))
+            fresh = [item for item in batch if item.seq > sent]
+            if fresh:
+                yield fresh
+                sent = fresh[-1].seq
+            if time.monotonic() >= next_ping:
+                yield None
+                next_ping = time.monotonic() + interval_s
+
+
+async def _replay(store: Store, after: int) -> AsyncIterator[list[Delivery]]:
+    while True:
+        page = await store.after(after, _REPLAY_PAGE)
+        if page:
+            yield deliveries(page)
+            after = page[-1].seq
+        if len(page) < _REPLAY_PAGE:
+            return
+
+
+def _check_origin(headers: Headers) -> None:
+    """Refuse a browser whose page is on another origin (clients without Origin pass)."""
+    origin = headers.get("Origin")
+    if origin is None:
+        return
+    allowed = services().settings.allowed_origins
+    normalized = origin.strip().rstrip("/").lower()
+    if allowed is None:
+        host = (headers.get("Host") or "").lower()
+        if urlsplit(normalized).netloc == host:
+            return
+    elif "*" in allowed or normalized in allowed:
+        return
+    raise Problem(403, f"Origin {origin!r} may not open streams here (see ALLOWED_ORIGINS).")
+
+
+def _after(raw: str | None, name: str) -> int | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise Problem(400, f"{name} must be a whole number (a seq), got {raw!r}.") from None
+    if value < 0:
+        raise Problem(400, f"{name} must be at least 0, got {value}.")
+    return value
+
+
+@blueprint.websocket("/ws")
+@blueprint.websocket("/json_dummy_ws")
+async def ws() -> None:
+    """WebSocket stream: ``{"event": "message"|"ping", "data": ...}`` text frames."""
+    _check_origin(websocket.headers)
+    after = _after(websocket.args.get("after"), "after")
+    await websocket.accept()
+    hub = services().hub
+    reader = asyncio.create_task(_discard_incoming())
+    try:
+        async with contextlib.aclosing(follow(after)) as stream:
+            async for batch in stream:
+                if batch is None:
+                    await websocket.send(f'{{"event":"ping","data":{{"seq":{hub.last_seq}}}}}')
+                    continue
+                for item in batch:
+                    await websocket.send(item.ws_frame)
+    except Overflow:
+        await websocket.close(CLOSE_TRY_AGAIN_LATER, "too slow; resume with ?after=<last seq>")
+    except Closed:
+        await websocket.close(CLOSE_GOING_AWAY, "server going away; resume with ?after=<last seq>")
+    finally:
+        reader.cancel()
+
+
+async def _discard_incoming() -> None:
+    # Clients have nothing to say; reading keeps frames from queueing up unread.
+    # (The server caps the size of one incoming message; see web.py.)
+    while True:
+        await websocket.receive()
+
+
+@blueprint.get("/events")
+async def events() -> Response:
+    """Server-Sent Events stream (``id: <seq>``, ``event: message``, ``: ping``)."""
+    _check_origin(request.headers)
+    # The browser's EventSource sends Last-Event-ID on reconnect (HTML Living Standard §9.2).
+    last_event_id = request.headers.get("Last-Event-ID")
+    if last_event_id:
+        after = _after(last_event_id, "Last-Event-ID")
+    else:
+        after = _after(request.args.get("after"), "after")
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield b"retry: 1000\n\n"
+        try:
+            async with contextlib.aclosing(follow(after)) as deliveries_:
+                async for batch in deliveries_:
+                    if batch is None:
+                        yield b": ping\n\n"
+                    else:
+                        yield b"".join(item.sse_frame for item in batch)
+        except (Overflow, Closed):
+            # Ending the response makes EventSource reconnect with Last-Event-ID.
+            return
+
+    response = Response(
+        stream(),
+        content_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+    response.timeout = None
+    return response

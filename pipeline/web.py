@@ -1,0 +1,52 @@
+"""Serve the app with hypercorn (on uvloop), stopping gracefully on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import uvloop
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config
+
+from .app import close_streams, create_app
+from .config import Settings
+
+# Clients only send tiny control messages; a larger one closes the connection (SPEC §4).
+MAX_INCOMING_WS_BYTES = 4096
+# Time given to open connections to finish once streams were told to close.
+GRACEFUL_TIMEOUT_S = 3.0
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    """Hypercorn settings for one web process."""
+    config = Config()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.websocket_max_message_size = MAX_INCOMING_WS_BYTES
+    config.graceful_timeout = GRACEFUL_TIMEOUT_S
+    config.backlog = 2048
+    config.accesslog = None
+    # Hypercorn's own logger, left to the root handler (run.py) instead of a second stream.
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, then close streams and stop accepting."""
+    app = create_app(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+
+    async def shutdown_trigger() -> None:
+        await stopping.wait()
+        close_streams(app)
+
+    await hypercorn_serve(app, hypercorn_config(settings), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+
+
+def run(settings: Settings) -> None:
+    """Run one web process."""
+    uvloop.run(serve(settings))
