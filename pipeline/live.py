@@ -19,7 +19,7 @@ from werkzeug.datastructures import Headers
 
 from .hub import Closed, Delivery, Overflow, deliveries
 from .problems import Problem
-from .services import services
+from .services import Services, services
 from .store import Store
 
 blueprint = Blueprint("live", __name__)
@@ -30,12 +30,12 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
 
 
-async def follow(after: int | None) -> AsyncIterator[list[Delivery] | None]:
+async def follow(found: Services, after: int | None) -> AsyncIterator[list[Delivery] | None]:
     """Batches of deliveries for one stream, in ``seq`` order; None when a ping is due.
 
     Raises Overflow when the stream's buffer overflows and Closed when the hub stops.
+    (Response bodies run outside the request context, so the services come as an argument.)
     """
-    found = services()
     store, hub, interval_s = found.store, found.hub, found.settings.ping_interval_s
     sent = after or 0
     if after is not None:
@@ -106,13 +106,13 @@ async def ws() -> None:
     _check_origin(websocket.headers)
     after = _after(websocket.args.get("after"), "after")
     await websocket.accept()
-    hub = services().hub
+    found = services()
     reader = asyncio.create_task(_discard_incoming())
     try:
-        async with contextlib.aclosing(follow(after)) as stream:
+        async with contextlib.aclosing(follow(found, after)) as stream:
             async for batch in stream:
                 if batch is None:
-                    await websocket.send(f'{{"event":"ping","data":{{"seq":{hub.last_seq}}}}}')
+                    await websocket.send(f'{{"event":"ping","data":{{"seq":{found.hub.last_seq}}}}}')
                     continue
                 for item in batch:
                     await websocket.send(item.ws_frame)
@@ -141,11 +141,12 @@ async def events() -> Response:
         after = _after(last_event_id, "Last-Event-ID")
     else:
         after = _after(request.args.get("after"), "after")
+    found = services()
 
     async def stream() -> AsyncIterator[bytes]:
         yield b"retry: 1000\n\n"
         try:
-            async with contextlib.aclosing(follow(after)) as deliveries_:
+            async with contextlib.aclosing(follow(found, after)) as deliveries_:
                 async for batch in deliveries_:
                     if batch is None:
                         yield b": ping\n\n"

@@ -4,7 +4,8 @@
 // setAttribute only, never as HTML.
 (() => {
   const HISTORY_TAIL = 500;
-  const MAX_DOM = 2000;              // entries kept in the list
+  const MAX_DOM = 2000;              // at most this many entries in the list
+  const TRIM_TO = 1900;              // ... trimmed back to this many, oldest first
   const MAX_PAYLOAD_CHARS = 100000;  // longer pretty payloads are cut on screen
   const BACKOFF_START_MS = 250;
   const BACKOFF_CAP_MS = 10000;
@@ -212,33 +213,39 @@
     const now = Date.now();
     const list = els.list;
 
+    // The list is in ascending seq order in the DOM and shown newest-on-top by CSS
+    // (column-reverse): appending never moves the entries already there, which keeps
+    // each frame's work small however many entries the list holds.
     // Only the newest MAX_DOM of a large batch can stay in the list: build just those.
     const first = Math.max(0, batch.length - MAX_DOM);
     const frag = document.createDocumentFragment();
-    for (let i = batch.length - 1; i >= first; i--) frag.append(renderEntry(batch[i], now));
+    for (let i = first; i < batch.length; i++) frag.append(renderEntry(batch[i], now));
     for (let i = 0; i < batch.length; i++) pipeline.seqs.push(batch[i].seq);
     total += batch.length;
     droppedFromDom += first;
-
-    const oldTop = list.scrollTop;
-    const oldHeight = pinned ? 0 : list.scrollHeight;
-    list.prepend(frag);
+    list.append(frag);
     inDom += batch.length - first;
+
+    if (inDom > MAX_DOM) {
+      // Trimming the oldest moves every entry, so do it in steps of MAX_DOM - TRIM_TO.
+      const oldHeight = pinned ? 0 : list.scrollHeight;
+      const oldTop = list.scrollTop;
+      while (inDom > TRIM_TO) {
+        const oldest = list.firstElementChild;
+        if (!oldest) break;
+        if (!oldest.hidden) shown--;
+        oldest.remove();
+        inDom--;
+        droppedFromDom++;
+      }
+      // Paused: the removed entries were below the reader's view; keep the view in place.
+      if (!pinned) list.scrollTop = oldTop + (oldHeight - list.scrollHeight);
+    }
     if (pinned) {
-      if (listScrollTop !== 0) list.scrollTop = 0;  // a write forces layout: only when needed
+      list.scrollTop = -list.scrollHeight;   // clamps to the newest end
     } else {
-      // Keep what the reader is looking at in place (measured before the bottom is trimmed).
-      list.scrollTop = oldTop + (list.scrollHeight - oldHeight);
       newWhilePaused += batch.length;
       updatePin();
-    }
-    while (inDom > MAX_DOM) {
-      const last = list.lastElementChild;
-      if (!last) break;
-      if (!last.hidden) shown--;
-      last.remove();
-      inDom--;
-      droppedFromDom++;
     }
 
     if (pendingSend) {
@@ -255,7 +262,7 @@
     els.count.dataset.shown = String(shown);
     els.count.dataset.inDom = String(inDom);
     els.caption.textContent = droppedFromDom
-      ? `Newest on top. The page keeps the newest ${MAX_DOM}; ${droppedFromDom} older ones were removed from it (GET /messages has them all).`
+      ? `Newest on top. The page keeps at most the newest ${MAX_DOM}; ${droppedFromDom} older ones were removed from it (GET /messages has them all).`
       : "Newest on top.";
     els.empty.hidden = inDom > 0 && shown > 0;
     if (!els.empty.hidden) {
@@ -293,15 +300,16 @@
   }
   function setPinned(p) {
     pinned = p;
-    if (p) { newWhilePaused = 0; els.list.scrollTop = 0; }
+    if (p) { newWhilePaused = 0; els.list.scrollTop = -els.list.scrollHeight; }
     updatePin();
   }
   els.pin.addEventListener("click", () => setPinned(!pinned));
   // Scrolling away from the newest while pinned pauses auto-scroll, so the list stops moving.
-  let listScrollTop = 0;
   els.list.addEventListener("scroll", () => {
-    listScrollTop = els.list.scrollTop;
-    if (pinned && listScrollTop > 48) setPinned(false);
+    const l = els.list;
+    // column-reverse: scrollTop is 0 at the oldest end and negative towards the newest.
+    const fromNewest = l.scrollHeight - l.clientHeight + l.scrollTop;
+    if (pinned && fromNewest > 48) setPinned(false);
   }, { passive: true });
 
   // ---------- live connection ----------

@@ -1,0 +1,260 @@
+"""Real parts for tests: a private redis-server, the pipeline's processes, stream readers.
+
+Everything here starts real processes and stops them by PID; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pipeline.local_redis import find_redis_server
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_PY = str(ROOT / "run.py")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(condition: Callable[[], Any], timeout_s: float = 10.0, interval_s: float = 0.02) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s: {condition}")
+        time.sleep(interval_s)
+
+
+def stop_process(process: subprocess.Popen[Any], timeout_s: float = 5.0, sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class RedisServer:
+    """A private redis-server on a free loopback port, with its files in ``directory``."""
+
+    def __init__(self, directory: Path, *, appendonly: bool = True) -> None:
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.appendonly = appendonly
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            [
+                find_redis_server(),
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.directory),
+                "--save", "",
+                "--appendonly", "yes" if self.appendonly else "no",
+                "--appendfsync", "everysec",
+                "--logfile", str(self.directory / "redis.log"),
+            ],  # fmt: skip
+            stdout=subprocess.DEVNULL,
+        )
+        wait_until(self.answers, timeout_s=10)
+        return self
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def command(self, *args: str) -> bytes:
+        """Send one command and return the raw reply (tests use it to look inside)."""
+        payload = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(payload.encode())
+            time.sleep(0.05)
+            return sock.recv(65536)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, sig=signal.SIGKILL)
+            self.process = None
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+class Pipeline:
+    """The pipeline's processes, started the way the Procfile does (``python run.py web|worker``)."""
+
+    def __init__(self, directory: Path, redis_url: str, database_url: str, **env: str) -> None:
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": database_url,
+            "DATA_DIR": str(directory),
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        self.webs: list[tuple[subprocess.Popen[bytes], int]] = []
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self._logs: list[Any] = []
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.directory / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._logs.append(log)
+        return subprocess.Popen([sys.executable, RUN_PY, *args], env=env, stdout=log, stderr=log, cwd=ROOT)
+
+    def release(self) -> None:
+        subprocess.run([sys.executable, RUN_PY, "release"], env=self.env, check=True, capture_output=True)
+
+    def start_web(self, port: int | None = None, **env: str) -> str:
+        port = port or free_port()
+        process = self._spawn(f"web-{port}", ["web", "--port", str(port)], {**self.env, **env})
+        self.webs.append((process, port))
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _responds(url) or process.poll() is not None, timeout_s=20)
+        assert process.poll() is None, f"web exited: {self.log(f'web-{port}')}"
+        return url
+
+    def start_worker(self, **env: str) -> subprocess.Popen[bytes]:
+        process = self._spawn(f"worker-{len(self.workers)}", ["worker"], {**self.env, **env})
+        self.workers.append(process)
+        return process
+
+    def wait_healthy(self, url: str, timeout_s: float = 20) -> dict[str, Any]:
+        def healthy() -> dict[str, Any] | None:
+            try:
+                response = httpx.get(f"{url}/healthz", timeout=3)
+            except httpx.HTTPError:
+                return None
+            return response.json() if response.status_code == 200 else None
+
+        report: dict[str, Any] = wait_until(healthy, timeout_s=timeout_s)
+        return report
+
+    def log(self, name: str) -> str:
+        path = self.directory / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')}" for p in sorted(self.directory.glob("*.log")))
+
+    def stop_workers(self, sig: int = signal.SIGTERM) -> None:
+        for process in self.workers:
+            stop_process(process, sig=sig)
+        self.workers = []
+
+    def stop(self) -> None:
+        for process, _ in self.webs:
+            stop_process(process)
+        self.stop_workers()
+        self.webs = []
+        for log in self._logs:
+            log.close()
+        self._logs = []
+
+
+def _responds(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/healthz", timeout=2)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+def send(client: httpx.Client, document: Any, **headers: str) -> httpx.Response:
+    """PUT one JSON document; the response as it came."""
+    return client.put("/messages", content=json.dumps(document), headers=headers)
+
+
+def stored(client: httpx.Client) -> list[dict[str, Any]]:
+    response = client.get("/messages")
+    assert response.status_code == 200, response.text
+    result: list[dict[str, Any]] = response.json()
+    return result
+
+
+def wait_stored(client: httpx.Client, count: int, timeout_s: float = 15) -> list[dict[str, Any]]:
+    """Wait until at least ``count`` messages are stored; return them all."""
+    def enough() -> list[dict[str, Any]] | None:
+        rows = stored(client)
+        return rows if len(rows) >= count else None
+
+    result: list[dict[str, Any]] = wait_until(enough, timeout_s)
+    return result
+
+
+class SSEReader:
+    """Reads a Server-Sent Events stream into events (dicts of field -> value)."""
+
+    def __init__(self, client: httpx.Client, path: str, headers: dict[str, str] | None = None) -> None:
+        self._context = client.stream("GET", path, headers=headers or {}, timeout=httpx.Timeout(30, read=30))
+        self.response = self._context.__enter__()
+        self._lines: Iterator[str] = self.response.iter_lines()
+
+    def next_event(self) -> dict[str, str]:
+        """The next event or comment (a comment comes back as {"comment": text})."""
+        event: dict[str, str] = {}
+        for line in self._lines:
+            if line == "":
+                if event:
+                    return event
+                continue
+            if line.startswith(":"):
+                return {"comment": line[1:].strip()}
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            event[field] = event[field] + "\n" + value if field in event else value
+        raise EOFError("stream ended")
+
+    def messages(self, count: int) -> list[dict[str, Any]]:
+        """The next ``count`` message events, parsed, skipping pings."""
+        found: list[dict[str, Any]] = []
+        while len(found) < count:
+            event = self.next_event()
+            if event.get("event") == "message":
+                message = json.loads(event["data"])
+                assert event["id"] == str(message["seq"])
+                found.append(message)
+        return found
+
+    def close(self) -> None:
+        self._context.__exit__(None, None, None)
