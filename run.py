@@ -5,6 +5,7 @@
     python run.py web [--host H] [--port P]    one web process (the Procfile's web:)
     python run.py worker                       one arq worker (the Procfile's worker:)
     python run.py release                      create tables; idempotent (the Procfile's release:)
+    python run.py retry-failed                 queue again the messages whose store gave up
 
 Settings come from the environment (see README); flags override HOST and PORT.
 """
@@ -50,8 +51,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "release":
         return release(settings)
+    if args.command == "retry-failed":
+        return retry_failed(settings)
     if args.command in ("web", "worker") and not settings.redis_url:
-        print(f"run.py {args.command}: REDIS_URL is not set (only `python run.py` starts its own Redis)", file=sys.stderr)
+        print(
+            f"run.py {args.command}: REDIS_URL is not set (only `python run.py` starts its own Redis)",
+            file=sys.stderr,
+        )
         return 2
     if args.command == "web":
         from pipeline import web
@@ -67,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="all", choices=["all", "web", "worker", "release"])
+    parser = argparse.ArgumentParser(
+        prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "command", nargs="?", default="all", choices=["all", "web", "worker", "release", "retry-failed"]
+    )
     parser.add_argument("--host", help="address the web process listens on (default $HOST or 127.0.0.1)")
     parser.add_argument("--port", type=_port, help="port the web process listens on (default $PORT or 3579)")
     return parser.parse_args(argv)
@@ -85,7 +95,9 @@ def _port(text: str) -> int:
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+    )
     # arq logs every job at INFO; at thousands a second that is noise (and payload text).
     logging.getLogger("arq").setLevel(logging.WARNING)
 
@@ -107,6 +119,35 @@ def release(settings: Settings) -> int:
         print(f"run.py release: the database is unavailable: {exc}", file=sys.stderr)
         return 1
     log.info("tables ready in %s", _redacted(settings.database_url))
+    return 0
+
+
+def retry_failed(settings: Settings) -> int:
+    """Queue again every message recorded as failed (after fixing what made it fail)."""
+    from pipeline import bus
+
+    url = settings.redis_url
+    if url is None and (settings.data_dir / "redis.sock").exists():
+        url = f"unix://{(settings.data_dir / 'redis.sock').resolve()}"  # a running `python run.py`
+    if url is None:
+        print(
+            "run.py retry-failed: set REDIS_URL (or run it beside a running `python run.py`)", file=sys.stderr
+        )
+        return 2
+
+    async def requeue() -> int:
+        redis = bus.connect(url)
+        try:
+            return await bus.retry_failed(redis)
+        finally:
+            await redis.aclose(close_connection_pool=True)
+
+    try:
+        count = asyncio.run(requeue())
+    except bus.Unavailable as exc:
+        print(f"run.py retry-failed: Redis is unavailable: {exc}", file=sys.stderr)
+        return 1
+    log.info("queued %d failed message(s) again", count)
     return 0
 
 

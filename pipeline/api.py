@@ -195,8 +195,14 @@ async def healthz() -> Response:
     redis_ok = not isinstance(redis_result, BaseException)
     database_ok = not isinstance(database_result, BaseException)
     worker_ok = redis_ok and bool(redis_result["worker"])  # type: ignore[index]
+    failed = redis_result["failed"] if redis_ok else 0  # type: ignore[index]
+    if not (redis_ok and database_ok and worker_ok):
+        status = "unavailable"
+    else:
+        # Messages whose store gave up are waiting for an operator (python run.py retry-failed).
+        status = "degraded" if failed else "ok"
     report: dict[str, object] = {
-        "status": "ok" if redis_ok and database_ok and worker_ok else "unavailable",
+        "status": status,
         "redis": {"ok": redis_ok} if redis_ok else {"ok": False, "error": _describe(redis_result)},
         "database": (
             {"ok": True, "latest_seq": database_result}
@@ -208,7 +214,7 @@ async def healthz() -> Response:
     }
     if redis_ok:
         report["queue"] = {"queued": redis_result["queued"], "failed": redis_result["failed"]}  # type: ignore[index]
-    return _json(report, 200 if report["status"] == "ok" else 503)
+    return _json(report, 503 if status == "unavailable" else 200)
 
 
 def _describe(error: object) -> str:

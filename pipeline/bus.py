@@ -27,6 +27,9 @@ from arq.connections import ArqRedis
 from arq.constants import default_queue_name, health_check_key_suffix, job_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
@@ -84,6 +87,9 @@ def connect(url: str, *, timeout_s: float = REDIS_TIMEOUT_S) -> ArqRedis:
         "socket_connect_timeout": timeout_s,
         "socket_timeout": timeout_s,
         "health_check_interval": 30,
+        # After a Redis restart every pooled connection is dead: retry once on a fresh one.
+        # Only for connection errors; a timeout is left to the caller (see the deadline above).
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     }
     scheme = urlsplit(url).scheme
     if scheme != "unix":
@@ -214,6 +220,18 @@ async def failure(redis: ArqRedis, message_id: str) -> dict[str, Any] | None:
     """The failure record of one message, if its store gave up."""
     raw = await redis.hget(FAILED_KEY, message_id)
     return loads_job(raw) if raw else None
+
+
+async def retry_failed(redis: ArqRedis) -> int:
+    """Queue every message recorded as failed once more (an operator's command); returns how many."""
+    enqueuer = Enqueuer(redis)
+    count = 0
+    for message_id, raw in (await redis.hgetall(FAILED_KEY)).items():
+        record = loads_job(raw)
+        await enqueuer.enqueue(record["id"], record["payload"], record["received_at"])
+        await redis.hdel(FAILED_KEY, message_id)
+        count += 1
+    return count
 
 
 async def failure_count(redis: ArqRedis) -> int:

@@ -38,6 +38,7 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (peewee.OperationalError, peewee
 _SEQ_LOCK_KEY = 0x5E9_10C4
 _COLUMNS = "id, seq, payload, received_at, persisted_at"
 
+
 class StoredMessage(peewee.Model):
     """The schema of the message table (queries below are plain SQL on the same columns)."""
 
@@ -63,7 +64,8 @@ def _open(url: str) -> peewee.Database:
                 "journal_mode": "wal",
                 # FULL: a commit is on disk before the worker acknowledges the job to Redis.
                 "synchronous": "full",
-                "busy_timeout": 5000,
+                # Below the worker's store timeout, so a locked file becomes a retry, not a hang.
+                "busy_timeout": 3000,
             },
             check_same_thread=False,
         )

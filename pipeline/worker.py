@@ -105,7 +105,9 @@ async def store_message(ctx: dict[str, Any], message_id: str, payload: str, rece
     except (*TRANSIENT_ERRORS, TimeoutError) as exc:
         if tries < settings.store_max_tries:
             delay_s = min(settings.store_retry_base_s * 2 ** (tries - 1), 30.0)
-            logger.warning("store of %s failed (try %d): %s; retrying in %.2fs", message_id, tries, exc, delay_s)
+            logger.warning(
+                "store of %s failed (try %d): %s; retrying in %.2fs", message_id, tries, exc, delay_s
+            )
             raise Retry(defer=delay_s) from exc
         await _give_up(ctx, message_id, payload, received_at, exc)
         raise
@@ -115,7 +117,9 @@ async def store_message(ctx: dict[str, Any], message_id: str, payload: str, rece
     return message.seq
 
 
-async def _give_up(ctx: dict[str, Any], message_id: str, payload: str, received_at: str, exc: BaseException) -> None:
+async def _give_up(
+    ctx: dict[str, Any], message_id: str, payload: str, received_at: str, exc: BaseException
+) -> None:
     logger.error("store of %s failed for good after %d tries: %r", message_id, ctx["job_try"], exc)
     await bus.record_failure(
         ctx["redis"],

@@ -71,13 +71,20 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 find_redis_server(),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.directory),
-                "--save", "",
-                "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", "everysec",
-                "--logfile", str(self.directory / "redis.log"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "everysec",
+                "--logfile",
+                str(self.directory / "redis.log"),
             ],  # fmt: skip
             stdout=subprocess.DEVNULL,
         )
@@ -175,7 +182,9 @@ class Pipeline:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')}" for p in sorted(self.directory.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')}" for p in sorted(self.directory.glob("*.log"))
+        )
 
     def stop_workers(self, sig: int = signal.SIGTERM) -> None:
         for process in self.workers:
@@ -214,6 +223,7 @@ def stored(client: httpx.Client) -> list[dict[str, Any]]:
 
 def wait_stored(client: httpx.Client, count: int, timeout_s: float = 15) -> list[dict[str, Any]]:
     """Wait until at least ``count`` messages are stored; return them all."""
+
     def enough() -> list[dict[str, Any]] | None:
         rows = stored(client)
         return rows if len(rows) >= count else None

@@ -48,14 +48,20 @@ def test_put_is_acknowledged_then_stored_with_the_exact_text(client: httpx.Clien
 
 
 def test_post_works_and_content_type_is_ignored(client: httpx.Client) -> None:
-    form = client.post("/messages", content='{"via": "curl -d"}', headers={"content-type": "application/x-www-form-urlencoded"})
+    form = client.post(
+        "/messages",
+        content='{"via": "curl -d"}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     plain = client.post("/messages", content="[1, 2, 3]", headers={"content-type": "text/plain"})
     assert form.status_code == plain.status_code == 202
     rows = wait_stored(client, 2)
     assert [row["payload"] for row in rows] == [{"via": "curl -d"}, [1, 2, 3]]
 
 
-@pytest.mark.parametrize("document", ['"just a string"', "42", "-1.5e300", "null", "true", "[]", "{}", "1e400"])
+@pytest.mark.parametrize(
+    "document", ['"just a string"', "42", "-1.5e300", "null", "true", "[]", "{}", "1e400"]
+)
 def test_any_json_value_is_accepted(client: httpx.Client, document: str) -> None:
     response = client.put("/messages", content=f"  {document}\n")
     assert response.status_code == 202, response.text
@@ -196,7 +202,9 @@ def test_ingest_token(pipeline: Pipeline) -> None:
         assert client.get("/messages").status_code == 200  # reads stay open
 
 
-def test_redis_down_is_503_and_nothing_half_written(service: tuple[Pipeline, httpx.Client], redis_server: RedisServer) -> None:
+def test_redis_down_is_503_and_nothing_half_written(
+    service: tuple[Pipeline, httpx.Client], redis_server: RedisServer
+) -> None:
     _, client = service
     assert send(client, "before").status_code == 202
     wait_stored(client, 1)
@@ -212,7 +220,9 @@ def test_redis_down_is_503_and_nothing_half_written(service: tuple[Pipeline, htt
     assert [row["payload"] for row in rows] == ["before", "after"]
 
 
-def test_redis_not_answering_is_503_within_seconds(service: tuple[Pipeline, httpx.Client], redis_server: RedisServer) -> None:
+def test_redis_not_answering_is_503_within_seconds(
+    service: tuple[Pipeline, httpx.Client], redis_server: RedisServer
+) -> None:
     _, client = service
     redis_server.pause()
     try:

@@ -8,7 +8,13 @@ import pytest
 
 from pipeline.messages import InvalidBody, Message, pack, parse_body, render, seq_of, unpack
 
-MESSAGE = Message("0b8f2c9e-5d3a-4c1b-9e7f-1a2b3c4d5e6f", 17, '{"a": 1.0}', "2026-11-27T20:39:01.123456Z", "2026-11-27T20:39:01.130001Z")
+MESSAGE = Message(
+    "0b8f2c9e-5d3a-4c1b-9e7f-1a2b3c4d5e6f",
+    17,
+    '{"a": 1.0}',
+    "2026-11-27T20:39:01.123456Z",
+    "2026-11-27T20:39:01.130001Z",
+)
 
 
 def test_parse_keeps_the_text_exactly_but_outer_whitespace() -> None:
@@ -42,6 +48,6 @@ def test_render_is_json_with_the_payload_spliced_in() -> None:
 
 
 def test_pack_and_unpack_round_trip_texts_with_line_breaks() -> None:
-    texts = [render(MESSAGE), render(MESSAGE._replace(seq=18, payload='[\n1\n]'))]
+    texts = [render(MESSAGE), render(MESSAGE._replace(seq=18, payload="[\n1\n]"))]
     assert unpack(pack(texts)) == texts
     assert [seq_of(text) for text in unpack(pack(texts))] == [17, 18]

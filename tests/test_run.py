@@ -17,7 +17,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.support import RUN_PY, free_port, send, stop_process, wait_stored, wait_until
+from tests.support import RUN_PY, free_port, send, stop_process, wait_stored
 
 pytestmark = pytest.mark.slow
 
@@ -186,7 +186,9 @@ def test_a_second_run_on_the_same_data_folder_is_refused(run_py: RunPy, tmp_path
 def test_a_bad_setting_stops_at_start_with_one_line(tmp_path: Path, variable: str, value: str) -> None:
     env = {**os.environ, "DATA_DIR": str(tmp_path), variable: value}
     for command in ([], ["web"], ["worker"], ["release"]):
-        result = subprocess.run([sys.executable, RUN_PY, *command], env=env, capture_output=True, text=True, timeout=20)
+        result = subprocess.run(
+            [sys.executable, RUN_PY, *command], env=env, capture_output=True, text=True, timeout=20
+        )
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and variable in lines[0], result.stderr
@@ -194,14 +196,18 @@ def test_a_bad_setting_stops_at_start_with_one_line(tmp_path: Path, variable: st
 
 def test_web_and_worker_need_a_redis_url(tmp_path: Path) -> None:
     env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
-    result = subprocess.run([sys.executable, RUN_PY, "web"], env=env, capture_output=True, text=True, timeout=20)
+    result = subprocess.run(
+        [sys.executable, RUN_PY, "web"], env=env, capture_output=True, text=True, timeout=20
+    )
     assert result.returncode == 2 and "REDIS_URL" in result.stderr
 
 
 def test_release_is_idempotent(tmp_path: Path) -> None:
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
     for _ in range(2):
-        subprocess.run([sys.executable, RUN_PY, "release"], env=env, check=True, capture_output=True, timeout=30)
+        subprocess.run(
+            [sys.executable, RUN_PY, "release"], env=env, check=True, capture_output=True, timeout=30
+        )
     assert (tmp_path / "x.db").exists()
 
 

@@ -35,9 +35,16 @@ def test_save_assigns_increasing_seqs_and_is_idempotent(database_url: str) -> No
             assert await store.latest_seq() == again[2].seq
             assert await store.get(first[0].id) == first[0]
             assert await store.get(str(uuid.uuid4())) is None
-            assert [m.seq for m in await store.after(first[0].seq, 10)] == [first[1].seq, first[2].seq, again[2].seq]
+            assert [m.seq for m in await store.after(first[0].seq, 10)] == [
+                first[1].seq,
+                first[2].seq,
+                again[2].seq,
+            ]
             assert [m.seq for m in await store.after(0, 2)] == [first[0].seq, first[1].seq]
-            assert [m.seq for m in await store.after(0, 10, until=first[1].seq)] == [first[0].seq, first[1].seq]
+            assert [m.seq for m in await store.after(0, 10, until=first[1].seq)] == [
+                first[0].seq,
+                first[1].seq,
+            ]
             assert [m.seq for m in await store.tail(2)] == [first[2].seq, again[2].seq]
         finally:
             await store.close()

@@ -1,0 +1,438 @@
+"""Starting and stopping what the benchmark runs (always by PID), and reading /proc.
+
+Every process the benchmark starts is registered here and stopped in ``stop_all()`` (SIGTERM,
+then SIGKILL by PID after a grace period). Children also get PR_SET_PDEATHSIG, so a benchmark
+killed with SIGKILL leaves nothing behind. Nothing is ever stopped by name.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import http.client
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_PY = str(ROOT / "run.py")
+PYTHON = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+_PR_SET_PDEATHSIG = 1
+_started: list[subprocess.Popen[bytes]] = []
+_temp_dirs: list[Path] = []
+
+
+def raise_nofile_limit() -> int:
+    """Raise RLIMIT_NOFILE to its hard limit (children, hence run.py's web, inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(
+    args: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    stdin: int | None = subprocess.DEVNULL,
+    stdout: int | IO[Any] | None = None,
+    cwd: Path = ROOT,
+) -> subprocess.Popen[bytes]:
+    """Start a process in its own session, registered for stop_all()."""
+    out: Any = stdout
+    err: Any = None
+    if log is not None:
+        handle = open(log, "ab")  # noqa: SIM115 - the child holds it; closed with the process
+        out = handle if stdout is None else stdout
+        err = handle
+    process = subprocess.Popen(
+        args,
+        env=env,
+        cwd=cwd,
+        stdin=stdin,
+        stdout=out,
+        stderr=err,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509
+    )
+    if log is not None:
+        handle.close()
+    _started.append(process)
+    return process
+
+
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 8.0) -> int | None:
+    """SIGTERM by PID, SIGKILL after ``timeout_s``."""
+    if process.poll() is None:
+        with _suppress_lookup():
+            os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            with _suppress_lookup():
+                os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+    if process in _started:
+        _started.remove(process)
+    return process.returncode
+
+
+def kill_pid_if_alive(pid: int, expected_cmd: str) -> bool:
+    """SIGKILL a left-over grandchild (run.py's child) by PID, only if it still is what we started."""
+    cmd = cmdline(pid)
+    if cmd and expected_cmd in cmd and not is_zombie(pid):
+        with _suppress_lookup():
+            os.kill(pid, signal.SIGKILL)
+        return True
+    return False
+
+
+def stop_all() -> None:
+    for process in list(reversed(_started)):
+        stop(process, timeout_s=5.0)
+    for directory in list(_temp_dirs):
+        remove_temp_dir(directory)
+
+
+class _suppress_lookup:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, *_: Any) -> bool:
+        return kind is not None and issubclass(kind, ProcessLookupError)
+
+
+def temp_dir(prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=f"pipeline-bench-{prefix}-"))
+    _temp_dirs.append(path)
+    return path
+
+
+def remove_temp_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    if path in _temp_dirs:
+        _temp_dirs.remove(path)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(condition: Callable[[], Any], timeout_s: float, interval_s: float = 0.05, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what or condition}")
+        time.sleep(interval_s)
+
+
+# /proc ---------------------------------------------------------------------------------
+def _stat_fields(pid: int) -> list[str]:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rindex(")") + 2 :].split()  # fields from 3 (state) on
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        return _stat_fields(pid)[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """Direct children of ``pid`` and their command lines."""
+    found: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if int(_stat_fields(int(entry))[1]) == pid:
+                found[int(entry)] = cmdline(int(entry))
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return found
+
+
+class CpuMeter:
+    """CPU seconds used by a set of processes between start() and stop()."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._start: dict[str, float] = {}
+        self._t0 = 0.0
+        self.seconds: dict[str, float] = {}
+        self.wall_s = 0.0
+
+    def start(self) -> CpuMeter:
+        self._t0 = time.monotonic()
+        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        return self
+
+    def stop(self) -> CpuMeter:
+        self.wall_s = time.monotonic() - self._t0
+        self.seconds = {name: cpu_seconds(pid) - self._start[name] for name, pid in self.pids.items()}
+        return self
+
+    def percent(self) -> dict[str, float]:
+        return {name: 100.0 * s / self.wall_s for name, s in self.seconds.items()}
+
+
+# HTTP helpers (stdlib, for orchestration only) -------------------------------------------
+def http_get_json(port: int, path: str, timeout_s: float = 3.0) -> tuple[int, Any]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+        try:
+            return response.status, json.loads(body)
+        except ValueError:
+            return response.status, body
+    finally:
+        connection.close()
+
+
+def http_put(port: int, body: bytes, timeout_s: float = 3.0) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        connection.request("PUT", "/messages", body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def healthy(port: int) -> bool:
+    try:
+        status, report = http_get_json(port, "/healthz", timeout_s=2.0)
+    except OSError:
+        return False
+    return status == 200 and isinstance(report, dict) and bool(report.get("worker", {}).get("ok"))
+
+
+# Redis -----------------------------------------------------------------------------------
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    from pipeline.local_redis import find_redis_server
+
+    return find_redis_server()
+
+
+def redis_version() -> str:
+    try:
+        out = subprocess.run([redis_server_binary(), "--version"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    for part in out.stdout.split():
+        if part.startswith("v="):
+            return part[2:]
+    return out.stdout.strip()
+
+
+class RedisServer:
+    """A private redis-server, configured like run.py's own (append-only, fsync every second).
+
+    ``unix=True`` listens on a Unix socket (as run.py's private Redis does); otherwise on a
+    free loopback TCP port (as a Procfile deployment reaches a Redis over the network).
+    """
+
+    def __init__(self, directory: Path, *, unix: bool) -> None:
+        self.directory = directory
+        self.unix = unix
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.url = ""
+
+    def start(self) -> RedisServer:
+        args = [
+            redis_server_binary(),
+            "--dir", str(self.directory),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--logfile", str(self.directory / "redis.log"),
+            "--daemonize", "no",
+        ]  # fmt: skip
+        if self.unix:
+            sock = self.directory / "redis.sock"
+            args += ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
+            self.url = f"unix://{sock}"
+            address: Any = str(sock)
+        else:
+            self.port = free_port()
+            args += ["--port", str(self.port), "--bind", "127.0.0.1"]
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+            address = ("127.0.0.1", self.port)
+        self.process = spawn(args, stdout=subprocess.DEVNULL)
+        wait_until(lambda: _answers_ping(address), 20, what="redis-server")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
+
+
+def _answers_ping(address: Any) -> bool:
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            sock.connect(address)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+# The system under test -------------------------------------------------------------------
+def base_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "PORT", "HOST")}
+    env.update(DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
+    return env
+
+
+class System:
+    """The pipeline started as users start it.
+
+    ``mode="run.py"``: ``python run.py --port P`` (private Redis, web, worker as its children).
+    ``mode="procfile"``: a private redis-server on loopback TCP, then the Procfile's lines:
+    ``python run.py release``, ``python run.py worker``, ``python run.py web --port P``.
+    """
+
+    def __init__(self, mode: str = "run.py", data_dir: Path | None = None, *, name: str = "system") -> None:
+        assert mode in ("run.py", "procfile")
+        self.mode = mode
+        self.owns_dir = data_dir is None
+        self.data_dir = data_dir or temp_dir(name)
+        self.port = free_port()
+        self.pids: dict[str, int] = {}
+        self.commands: dict[str, str] = {}
+        self._runpy: subprocess.Popen[bytes] | None = None
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._redis: RedisServer | None = None
+        self.log = self.data_dir / "bench-system.log"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "pipeline.db"
+
+    def start(self, timeout_s: float = 30.0) -> System:
+        env = base_env(self.data_dir)
+        if self.mode == "run.py":
+            self._runpy = spawn([PYTHON, RUN_PY, "--port", str(self.port)], env=env, log=self.log)
+            self.pids["run.py"] = self._runpy.pid
+            wait_until(lambda: self._runpy.poll() is not None or _port_open(self.port), timeout_s, what="run.py")
+            self._check_alive()
+            children = children_of(self._runpy.pid)
+            for pid, cmd in children.items():
+                if "redis-server" in cmd:
+                    self.pids["redis"] = pid
+                elif cmd.endswith(" worker") or " worker " in cmd:
+                    self.pids["worker"] = pid
+                elif " web" in cmd:
+                    self.pids["web"] = pid
+                self.commands[str(pid)] = cmd
+        else:
+            self._redis = RedisServer(self.data_dir, unix=False).start()
+            assert self._redis.process is not None
+            self.pids["redis"] = self._redis.process.pid
+            env["REDIS_URL"] = self._redis.url
+            subprocess.run([PYTHON, RUN_PY, "release"], env=env, cwd=ROOT, check=True, capture_output=True)
+            worker = spawn([PYTHON, RUN_PY, "worker"], env=env, log=self.log)
+            web = spawn([PYTHON, RUN_PY, "web", "--port", str(self.port)], env=env, log=self.log)
+            self._procs = [web, worker]
+            self.pids["worker"], self.pids["web"] = worker.pid, web.pid
+            wait_until(lambda: web.poll() is not None or _port_open(self.port), timeout_s, what="web")
+            self._check_alive()
+        missing = {"web", "worker", "redis"} - set(self.pids)
+        if missing:
+            raise RuntimeError(f"could not find the {missing} process(es); log:\n{self.tail_log()}")
+        wait_until(lambda: healthy(self.port), timeout_s, what="/healthz with a live worker")
+        return self
+
+    def _check_alive(self) -> None:
+        procs = [self._runpy] if self._runpy is not None else self._procs
+        for process in procs:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the system exited at start; log:\n{self.tail_log()}")
+
+    def tail_log(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self._runpy is not None:
+            stop(self._runpy, timeout_s=10.0)
+            # run.py stops its children; anything left (it should not be) goes by PID.
+            for name in ("web", "worker", "redis"):
+                pid = self.pids.get(name)
+                if pid is not None:
+                    cmd = self.commands.get(str(pid), "")
+                    if cmd and kill_pid_if_alive(pid, cmd):
+                        print(f"  warning: {name} (pid {pid}) outlived run.py; killed", file=sys.stderr)
+            self._runpy = None
+        for process in self._procs:
+            stop(process)
+        self._procs = []
+        if self._redis is not None:
+            self._redis.stop()
+            self._redis = None
+        if self.owns_dir:
+            remove_temp_dir(self.data_dir)
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
+            return True
+    except OSError:
+        return False
