@@ -135,15 +135,8 @@ def retry_failed(settings: Settings) -> int:
         )
         return 2
 
-    async def requeue() -> int:
-        redis = bus.connect(url)
-        try:
-            return await bus.retry_failed(redis)
-        finally:
-            await redis.aclose(close_connection_pool=True)
-
     try:
-        count = asyncio.run(requeue())
+        count = asyncio.run(bus.retry_failed(url))
     except bus.Unavailable as exc:
         print(f"run.py retry-failed: Redis is unavailable: {exc}", file=sys.stderr)
         return 1

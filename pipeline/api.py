@@ -67,8 +67,17 @@ async def ingest() -> Response:
         accepted = await services().enqueuer.enqueue(
             new_id(), payload, utc_timestamp(), idempotency_key=idempotency_key, body=body
         )
-    except bus.Unavailable:
-        raise _unavailable("The queue (Redis)") from None
+    except bus.Unavailable as exc:
+        if exc.outcome_known:
+            raise _unavailable("The queue (Redis)") from None
+        raise Problem(
+            503,
+            "The connection to Redis dropped while the message was being queued, and Redis did not "
+            "come back in time: it may or may not have been queued. Send it again with the same "
+            "Idempotency-Key to have it stored exactly once.",
+            headers={"Retry-After": RETRY_AFTER_S},
+            extensions={"outcome": "unknown"},
+        ) from None
     except bus.IdempotencyConflict as exc:
         raise Problem(
             422,

@@ -40,16 +40,18 @@ def create_app(settings: Settings) -> Quart:
     @app.while_serving
     async def lifecycle() -> AsyncIterator[None]:
         redis = bus.connect(settings.redis_url or "")
+        enqueuer = bus.Enqueuer(settings.redis_url or "")
         store = Store(settings.database_url)
         hub = Hub(redis, store)
         try:
             await _prepare_database(store)
             await hub.start()
-            app.extensions[EXTENSION_KEY] = Services(settings, redis, bus.Enqueuer(redis), store, hub)
+            app.extensions[EXTENSION_KEY] = Services(settings, redis, enqueuer, store, hub)
             yield
         finally:
             await hub.stop()
             await store.close()
+            await enqueuer.close()
             await redis.aclose(close_connection_pool=True)
 
     @app.after_request
@@ -87,7 +89,7 @@ async def _prepare_database(store: Store) -> None:
 def _register_error_handlers(app: Quart) -> None:
     @app.errorhandler(Problem)
     async def on_problem(error: Problem) -> Response:
-        return problem_response(error.status, error.detail, error.headers)
+        return problem_response(error.status, error.detail, error.headers, error.extensions)
 
     @app.errorhandler(HTTPException)
     async def on_http_exception(error: HTTPException) -> Response:

@@ -81,16 +81,19 @@ def loads_job(raw: bytes) -> dict[str, Any]:
     return result
 
 
-def connect(url: str, *, timeout_s: float = REDIS_TIMEOUT_S) -> ArqRedis:
-    """A Redis client (an arq pool) for ``redis://``, ``rediss://`` or ``unix://`` URLs."""
+def connect(url: str, *, timeout_s: float = REDIS_TIMEOUT_S, retry_dropped: bool = True) -> ArqRedis:
+    """A Redis client (an arq pool) for ``redis://``, ``rediss://`` or ``unix://`` URLs.
+
+    With ``retry_dropped``, a command whose connection turns out dead (as every pooled one is
+    after a Redis restart) is retried once on a fresh connection; timeouts are never retried.
+    """
     options: dict[str, Any] = {
         "socket_connect_timeout": timeout_s,
         "socket_timeout": timeout_s,
         "health_check_interval": 30,
-        # After a Redis restart every pooled connection is dead: retry once on a fresh one.
-        # Only for connection errors; a timeout is left to the caller (see the deadline above).
-        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     }
+    if retry_dropped:
+        options["retry"] = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
     scheme = urlsplit(url).scheme
     if scheme != "unix":
         options["socket_keepalive"] = True
@@ -107,7 +110,15 @@ def connect(url: str, *, timeout_s: float = REDIS_TIMEOUT_S) -> ArqRedis:
 
 
 class Unavailable(Exception):
-    """Redis could not take the job (down, refusing, or too slow to answer)."""
+    """Redis could not take the job (down, refusing, or too slow to answer).
+
+    ``outcome_known`` is False when a connection dropped after the script may have reached
+    Redis and no retry could settle it: the message may or may not have been queued.
+    """
+
+    def __init__(self, reason: str, *, outcome_known: bool = True) -> None:
+        super().__init__(reason)
+        self.outcome_known = outcome_known
 
 
 class IdempotencyConflict(Exception):
@@ -124,13 +135,25 @@ class Accepted:
 
 
 class Enqueuer:
-    """Puts store jobs on the arq queue, one round trip each."""
+    """Puts store jobs on the arq queue, one round trip each.
 
-    def __init__(self, redis: ArqRedis) -> None:
-        self._redis = redis
-        self._script = redis.register_script(_ENQUEUE_SCRIPT)
+    It has a connection pool of its own, without redis-py's silent retry, because whether a
+    failed attempt may have reached Redis decides what a failure means. A connection refused
+    means nothing was sent: 503 at once. A connection that dropped with the script possibly on
+    its way is retried with the same message id until the deadline: running the script twice
+    is harmless (the same job id is queued again, and storing is idempotent), so a retry that
+    gets through settles the outcome either way.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._redis = connect(url, retry_dropped=False)
+        self._script = self._redis.register_script(_ENQUEUE_SCRIPT)
         self._offset_ms = 0.0
         self._synced_at = float("-inf")
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._redis.aclose(close_connection_pool=True)
 
     async def enqueue(
         self,
@@ -142,44 +165,65 @@ class Enqueuer:
         body: bytes = b"",
     ) -> Accepted:
         """Queue a store job for one message, or raise Unavailable / IdempotencyConflict."""
-        try:
-            await self._sync_clock()
-            now_ms = time.time() * 1000
-            job = serialize_job(
-                STORE_JOB,
-                (message_id, payload, received_at),
-                {},
-                None,
-                int(now_ms),
-                serializer=dumps_job,
-            )
-            keys = [job_key_prefix + message_id, QUEUE_NAME]
-            digest = ""
-            if idempotency_key is not None:
-                keys.append(IDEMPOTENCY_PREFIX + _sha256(idempotency_key.encode()))
-                digest = _sha256(body)
-            args = [
-                int(now_ms + self._offset_ms + _DEADLINE_S * 1000),
-                message_id,
-                job,
-                JOB_TTL_MS,
-                f"{message_id} {received_at} {digest}",
-                IDEMPOTENCY_TTL_S,
-                int(now_ms),
-                WAKE_CHANNEL,
-            ]
-            reply = await self._script(keys=keys, args=args)
-        except REDIS_ERRORS as exc:
-            raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+        give_up_at = time.monotonic() + _DEADLINE_S
+        maybe_sent = False
+        delay_s = 0.0
+        while True:
+            try:
+                await self._sync_clock()
+                reply, digest = await self._run_script(
+                    message_id, payload, received_at, idempotency_key, body
+                )
+                break
+            except RedisConnectionError as exc:
+                # redis-py words every failure to connect "Error ... connecting to ..."; any other
+                # connection error happened with the command possibly on its way.
+                maybe_sent = maybe_sent or "connecting to" not in str(exc)
+                if not maybe_sent or time.monotonic() + delay_s >= give_up_at:
+                    # A refused connection settles it at once: nothing was sent, answer 503.
+                    raise Unavailable(str(exc), outcome_known=not maybe_sent) from exc
+                await asyncio.sleep(delay_s)
+                delay_s = min(max(delay_s * 2, 0.05), 0.4)
+            except REDIS_ERRORS as exc:
+                raise Unavailable(f"{type(exc).__name__}: {exc}", outcome_known=not maybe_sent) from exc
         status = reply[0].decode()
         if status == "late":
-            raise Unavailable("Redis answered after the deadline; nothing was queued")
+            raise Unavailable(
+                "Redis answered after the deadline; nothing was queued", outcome_known=not maybe_sent
+            )
         if status == "existing":
             previous_id, previous_received_at, previous_digest = reply[1].decode().split(" ")
+            if previous_id == message_id:  # our own earlier attempt got through
+                return Accepted(message_id, received_at)
             if previous_digest != digest:
                 raise IdempotencyConflict(previous_id)
             return Accepted(previous_id, previous_received_at, replayed=True)
         return Accepted(message_id, received_at)
+
+    async def _run_script(
+        self, message_id: str, payload: str, received_at: str, idempotency_key: str | None, body: bytes
+    ) -> tuple[list[bytes], str]:
+        now_ms = time.time() * 1000
+        job = serialize_job(
+            STORE_JOB, (message_id, payload, received_at), {}, None, int(now_ms), serializer=dumps_job
+        )
+        keys = [job_key_prefix + message_id, QUEUE_NAME]
+        digest = ""
+        if idempotency_key is not None:
+            keys.append(IDEMPOTENCY_PREFIX + _sha256(idempotency_key.encode()))
+            digest = _sha256(body)
+        args = [
+            int(now_ms + self._offset_ms + _DEADLINE_S * 1000),
+            message_id,
+            job,
+            JOB_TTL_MS,
+            f"{message_id} {received_at} {digest}",
+            IDEMPOTENCY_TTL_S,
+            int(now_ms),
+            WAKE_CHANNEL,
+        ]
+        reply: list[bytes] = await self._script(keys=keys, args=args)
+        return reply, digest
 
     async def _sync_clock(self) -> None:
         # The deadline is on Redis's clock; learn its offset from ours (error <= RTT/2).
@@ -222,15 +266,20 @@ async def failure(redis: ArqRedis, message_id: str) -> dict[str, Any] | None:
     return loads_job(raw) if raw else None
 
 
-async def retry_failed(redis: ArqRedis) -> int:
+async def retry_failed(url: str) -> int:
     """Queue every message recorded as failed once more (an operator's command); returns how many."""
-    enqueuer = Enqueuer(redis)
+    enqueuer = Enqueuer(url)
+    redis = connect(url)
     count = 0
-    for message_id, raw in (await redis.hgetall(FAILED_KEY)).items():
-        record = loads_job(raw)
-        await enqueuer.enqueue(record["id"], record["payload"], record["received_at"])
-        await redis.hdel(FAILED_KEY, message_id)
-        count += 1
+    try:
+        for message_id, raw in (await redis.hgetall(FAILED_KEY)).items():
+            record = loads_job(raw)
+            await enqueuer.enqueue(record["id"], record["payload"], record["received_at"])
+            await redis.hdel(FAILED_KEY, message_id)
+            count += 1
+    finally:
+        await enqueuer.close()
+        await redis.aclose(close_connection_pool=True)
     return count
 
 

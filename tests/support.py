@@ -11,10 +11,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -268,3 +269,243 @@ class SSEReader:
 
     def close(self) -> None:
         self._context.__exit__(None, None, None)
+
+
+class Sender(threading.Thread):
+    """Sends JSON documents in a loop (optionally round-robin over several webs) and keeps count.
+
+    ``accepted`` holds the ids that got a 202; ``refused`` the status codes of clear errors;
+    ``unknown`` counts requests whose outcome a client cannot know: no answer at all, or a 503
+    whose problem says ``"outcome": "unknown"``.
+    """
+
+    def __init__(self, urls: list[str], *, interval_s: float = 0.005, payload_bytes: int = 0) -> None:
+        super().__init__(daemon=True)
+        self.urls = urls
+        self.interval_s = interval_s
+        self.padding = "x" * payload_bytes
+        self.accepted: list[str] = []
+        self.refused: list[int] = []
+        self.unknown = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        clients = [httpx.Client(base_url=url, timeout=10) for url in self.urls]
+        number = 0
+        try:
+            while not self._stop_event.is_set():
+                client = clients[number % len(clients)]
+                try:
+                    response = client.put("/messages", content=json.dumps({"n": number, "pad": self.padding}))
+                except httpx.HTTPError:
+                    self.unknown += 1
+                else:
+                    if response.status_code == 202:
+                        self.accepted.append(response.json()["id"])
+                    elif response.json().get("outcome") == "unknown":
+                        self.unknown += 1  # the service said it cannot know (connection dropped)
+                    else:
+                        assert response.headers["content-type"] == "application/problem+json"
+                        self.refused.append(response.status_code)
+                number += 1
+                self._stop_event.wait(self.interval_s)
+        finally:
+            for client in clients:
+                client.close()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(30)
+
+
+def assert_stored_exactly_once(
+    client: httpx.Client, sender: Sender, timeout_s: float = 40
+) -> list[dict[str, Any]]:
+    """Every accepted message is stored once; nothing refused is stored. Returns the rows."""
+    accepted = set(sender.accepted)
+    assert len(accepted) == len(sender.accepted)
+
+    def complete() -> list[dict[str, Any]] | None:
+        rows = stored(client)
+        return rows if accepted <= {row["id"] for row in rows} else None
+
+    rows: list[dict[str, Any]] = wait_until(complete, timeout_s=timeout_s, interval_s=0.2)
+    ids = [row["id"] for row in rows]
+    assert len(ids) == len(set(ids)), "a message was stored twice"
+    extra = set(ids) - accepted
+    # Only a request that never got an answer may have been stored without a 202.
+    assert len(extra) <= sender.unknown, f"{len(extra)} stored without a 202"
+    seqs = [row["seq"] for row in rows]
+    assert seqs == sorted(seqs)
+    return rows
+
+
+class Follower(threading.Thread):
+    """A WebSocket (or SSE) client that follows the stream like the page does: on any close it
+    reconnects with ``after=<last seq it saw>``. Records what arrived and any order violation."""
+
+    def __init__(self, url: str, *, transport: str = "ws", after: int | None = None) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.transport = transport
+        self.last_seq = after
+        self.received: list[dict[str, Any]] = []
+        self.received_at: list[float] = []
+        self.close_codes: list[int | None] = []
+        self.violations: list[str] = []
+        self.connected = threading.Event()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                if self.transport == "ws":
+                    self._follow_ws()
+                else:
+                    self._follow_sse()
+            except Exception:  # noqa: BLE001 - any failure means: reconnect, like a browser
+                pass
+            self._stop_event.wait(0.2)
+
+    def _query(self) -> str:
+        return "" if self.last_seq is None else f"?after={self.last_seq}"
+
+    def _follow_ws(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+        from websockets.sync.client import connect
+
+        with connect(self.url.replace("http://", "ws://") + "/ws" + self._query(), open_timeout=5) as ws:
+            self.connected.set()
+            try:
+                while not self._stop_event.is_set():
+                    try:
+                        frame = json.loads(ws.recv(timeout=0.2))
+                    except TimeoutError:
+                        continue
+                    if frame["event"] == "message":
+                        self._record(frame["data"])
+            except ConnectionClosed as closed:
+                self.close_codes.append(closed.rcvd.code if closed.rcvd else None)
+
+    def _follow_sse(self) -> None:
+        headers = {} if self.last_seq is None else {"Last-Event-ID": str(self.last_seq)}
+        timeout = httpx.Timeout(5, read=0.5)
+        with (
+            httpx.Client(timeout=timeout) as client,
+            client.stream("GET", self.url + "/events", headers=headers) as response,
+        ):
+            self.connected.set()
+            data: list[str] = []
+            lines = response.iter_lines()
+            while not self._stop_event.is_set():
+                try:
+                    line = next(lines)
+                except httpx.ReadTimeout:
+                    continue
+                except StopIteration:
+                    self.close_codes.append(None)
+                    return
+                if line.startswith("data: "):
+                    data.append(line[6:])
+                elif line == "" and data:
+                    self._record(json.loads("\n".join(data)))
+                    data = []
+
+    def _record(self, message: dict[str, Any]) -> None:
+        if self.last_seq is not None and message["seq"] <= self.last_seq:
+            self.violations.append(f"seq {message['seq']} after {self.last_seq}")
+        self.last_seq = message["seq"]
+        self.received.append(message)
+        self.received_at.append(time.time())
+
+    def wait_for(self, ids: set[str], timeout_s: float = 30) -> None:
+        wait_until(lambda: ids <= {m["id"] for m in self.received}, timeout_s=timeout_s, interval_s=0.1)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(10)
+
+
+class RunPy:
+    """``python run.py`` as a user starts it, in its own data folder."""
+
+    def __init__(self, data_dir: Path, port: int, **env: str) -> None:
+        self.data_dir, self.port = data_dir, port
+        self.env = {**os.environ, "DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", **env}
+        self.env.pop("REDIS_URL", None)
+        self.env.pop("DATABASE_URL", None)
+        self.process: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> RunPy:
+        self.process = subprocess.Popen(
+            [sys.executable, RUN_PY, "--port", str(self.port)],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + 30
+        for line in self.process.stdout:
+            self.output.append(line)
+            if line.startswith("Pipeline running at "):
+                assert line.split()[3] == f"{self.url}/"
+                break
+            assert time.monotonic() < deadline, "".join(self.output)
+        else:
+            raise AssertionError("run.py exited:\n" + "".join(self.output))
+        # Keep reading, or run.py and its children would block once the pipe is full.
+        threading.Thread(target=self._drain, args=(self.process.stdout,), daemon=True).start()
+        return self
+
+    def _drain(self, stream: IO[str]) -> None:
+        with stream:
+            for line in stream:
+                self.output.append(line)
+
+    def descendants(self) -> set[int]:
+        """PIDs of every process run.py started (children and theirs)."""
+        assert self.process is not None
+        parents = {self.process.pid}
+        found: set[int] = set()
+        changed = True
+        while changed:
+            changed = False
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit() or int(entry.name) in found:
+                    continue
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                if ppid in parents:
+                    found.add(int(entry.name))
+                    parents.add(int(entry.name))
+                    changed = True
+        return found
+
+    def interrupt(self) -> float:
+        """Ctrl-C: SIGINT to run.py; returns how long it took to exit."""
+        assert self.process is not None
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(15)
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

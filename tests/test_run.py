@@ -7,104 +7,17 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.support import RUN_PY, free_port, send, stop_process, wait_stored
+from tests.support import RUN_PY, RunPy, alive, free_port, send, wait_stored
 
 pytestmark = pytest.mark.slow
-
-
-class RunPy:
-    """``python run.py`` as a user starts it, in its own data folder."""
-
-    def __init__(self, data_dir: Path, port: int, **env: str) -> None:
-        self.data_dir, self.port = data_dir, port
-        self.env = {**os.environ, "DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", **env}
-        self.env.pop("REDIS_URL", None)
-        self.env.pop("DATABASE_URL", None)
-        self.process: subprocess.Popen[str] | None = None
-        self.output: list[str] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> RunPy:
-        self.process = subprocess.Popen(
-            [sys.executable, RUN_PY, "--port", str(self.port)],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + 30
-        for line in self.process.stdout:
-            self.output.append(line)
-            if line.startswith("Pipeline running at "):
-                assert line.split()[3] == f"{self.url}/"
-                break
-            assert time.monotonic() < deadline, "".join(self.output)
-        else:
-            raise AssertionError("run.py exited:\n" + "".join(self.output))
-        # Keep reading, or run.py and its children would block once the pipe is full.
-        threading.Thread(target=self._drain, args=(self.process.stdout,), daemon=True).start()
-        return self
-
-    def _drain(self, stream: IO[str]) -> None:
-        with stream:
-            for line in stream:
-                self.output.append(line)
-
-    def descendants(self) -> set[int]:
-        """PIDs of every process run.py started (children and theirs)."""
-        assert self.process is not None
-        parents = {self.process.pid}
-        found: set[int] = set()
-        changed = True
-        while changed:
-            changed = False
-            for entry in Path("/proc").iterdir():
-                if not entry.name.isdigit() or int(entry.name) in found:
-                    continue
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                if ppid in parents:
-                    found.add(int(entry.name))
-                    parents.add(int(entry.name))
-                    changed = True
-        return found
-
-    def interrupt(self) -> float:
-        """Ctrl-C: SIGINT to run.py; returns how long it took to exit."""
-        assert self.process is not None
-        started = time.monotonic()
-        self.process.send_signal(signal.SIGINT)
-        self.process.wait(15)
-        return time.monotonic() - started
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.fixture

@@ -1,0 +1,230 @@
+"""Guarantees under faults (SPEC §7): break something real, then count.
+
+Each test keeps a sender running while it kills or stops a part, and checks that every message
+that got a 202 is stored exactly once, nothing refused is stored, and live clients saw every
+stored message once, in order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import (
+    RUN_PY,
+    Follower,
+    Pipeline,
+    RedisServer,
+    RunPy,
+    Sender,
+    assert_stored_exactly_once,
+    free_port,
+    send,
+    stored,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def report(name: str, **figures: object) -> None:
+    print(f"\n[{name}] " + " ".join(f"{key}={value}" for key, value in figures.items()))
+
+
+def test_worker_killed_mid_load_loses_nothing(service: tuple[Pipeline, httpx.Client]) -> None:
+    pipeline, client = service
+    sender = Sender([str(client.base_url)], interval_s=0.004)
+    sender.start()
+    time.sleep(1.5)
+    pipeline.stop_workers(sig=signal.SIGKILL)
+    killed_at = time.monotonic()
+    time.sleep(1.0)  # messages keep arriving with no worker at all
+    pipeline.start_worker()
+    time.sleep(1.0)
+    sender.stop()
+    rows = assert_stored_exactly_once(client, sender)
+    recovered_s = time.monotonic() - killed_at
+    report(
+        "worker kill -9", accepted=len(sender.accepted), stored=len(rows), recovered_s=f"{recovered_s:.1f}"
+    )
+    assert sender.refused == [] and len(sender.accepted) > 100
+    # A killed worker's jobs come back once their in-progress key expires (6 s, worker.py).
+    assert recovered_s < 15
+
+
+def test_worker_sigterm_hands_back_its_jobs(service: tuple[Pipeline, httpx.Client]) -> None:
+    pipeline, client = service
+    sender = Sender([str(client.base_url)], interval_s=0.002)
+    sender.start()
+    time.sleep(1.0)
+    (worker,) = pipeline.workers
+    started = time.monotonic()
+    pipeline.stop_workers(sig=signal.SIGTERM)
+    assert worker.returncode == 0 and time.monotonic() - started < 5
+    pipeline.start_worker()
+    time.sleep(0.5)
+    sender.stop()
+    rows = assert_stored_exactly_once(client, sender, timeout_s=20)
+    report("worker SIGTERM", accepted=len(sender.accepted), stored=len(rows))
+
+
+def test_everything_killed_at_once_then_restarted(tmp_path: Path) -> None:
+    runner = RunPy(tmp_path / "data", free_port())
+    try:
+        runner.start()
+        sender = Sender([runner.url], interval_s=0.003)
+        sender.start()
+        time.sleep(2.0)
+        assert runner.process is not None
+        everyone = [runner.process.pid, *runner.descendants()]
+        for pid in everyone:
+            os.kill(pid, signal.SIGKILL)
+        runner.process.wait(5)
+        time.sleep(0.3)
+        sender.stop()
+        runner.start()
+        with httpx.Client(base_url=runner.url, timeout=10) as client:
+            rows = assert_stored_exactly_once(client, sender)
+        report("kill -9 all", accepted=len(sender.accepted), stored=len(rows), unanswered=sender.unknown)
+        assert len(sender.accepted) > 100
+    finally:
+        runner.stop()
+
+
+@pytest.mark.parametrize("how", ["restart", "kill"])
+def test_redis_restart_under_load_with_live_clients(
+    service: tuple[Pipeline, httpx.Client], redis_server: RedisServer, how: str
+) -> None:
+    pipeline, client = service
+    url = str(client.base_url).rstrip("/")
+    followers = [Follower(url, transport="ws", after=0), Follower(url, transport="sse", after=0)]
+    for follower in followers:
+        follower.start()
+        follower.connected.wait(10)
+    sender = Sender([url], interval_s=0.005)
+    sender.start()
+    time.sleep(1.0)
+    if how == "kill":
+        redis_server.kill()
+    else:
+        redis_server.stop()
+    down_at = time.monotonic()
+    time.sleep(1.5)
+    refused_while_down = len(sender.refused)
+    accepted_while_down = len(sender.accepted)
+    redis_server.start()
+    wait_until(lambda: len(sender.accepted) > accepted_while_down, timeout_s=15)
+    back_s = time.monotonic() - down_at
+    time.sleep(1.0)
+    sender.stop()
+    # Redis writes its append-only file before it answers, so even kill -9 keeps every job it
+    # acknowledged (only a machine crash could lose the last second: appendfsync everysec).
+    rows = assert_stored_exactly_once(client, sender)
+    stored_ids = [row["id"] for row in rows]
+    assert len(stored_ids) == len(set(stored_ids))
+    assert refused_while_down > 0 and set(sender.refused) == {503}
+    for follower in followers:
+        follower.wait_for(set(stored_ids))
+        follower.stop()
+        assert follower.violations == []
+        assert [m["id"] for m in follower.received] == stored_ids
+    report(
+        f"redis {how}",
+        accepted=len(sender.accepted),
+        refused_503=len(sender.refused),
+        stored=len(rows),
+        back_after_s=f"{back_s:.1f}",
+    )
+
+
+def test_database_locked_retries_then_gives_up_visibly(pipeline: Pipeline, tmp_path: Path) -> None:
+    url = pipeline.start_web()
+    pipeline.start_worker(STORE_MAX_TRIES="2", STORE_RETRY_BASE_S="0.1")
+    pipeline.wait_healthy(url)
+    database = tmp_path / "pipeline.db"
+    with httpx.Client(base_url=url, timeout=10) as client:
+        # A short lock: the store retries and succeeds.
+        lock = sqlite3.connect(database, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        first = send(client, "survives a short lock").json()["id"]
+        time.sleep(1.0)
+        lock.execute("COMMIT")
+        wait_until(lambda: client.get(f"/messages/{first}").status_code == 200, timeout_s=15)
+
+        # A long lock: both tries fail, and the message is recorded as failed, visibly.
+        lock.execute("BEGIN EXCLUSIVE")
+        second = send(client, "outlives its tries").json()["id"]
+        failed = wait_until(
+            lambda: (r := client.get(f"/messages/{second}")).json().get("status") == "failed" and r,
+            timeout_s=30,
+        )
+        assert failed.status_code == 202 and "locked" in failed.json()["error"]
+        health = client.get("/healthz").json()
+        assert health["status"] == "degraded" and health["queue"]["failed"] == 1
+        lock.execute("COMMIT")
+        lock.close()
+
+        # The operator fixes the cause and queues it again: stored, once.
+        subprocess.run([sys.executable, RUN_PY, "retry-failed"], env=pipeline.env, check=True, timeout=30)
+        wait_until(lambda: client.get(f"/messages/{second}").status_code == 200, timeout_s=15)
+        assert [row["id"] for row in stored(client)] == [first, second]
+        assert client.get("/healthz").json()["status"] == "ok"
+
+
+@pytest.mark.postgres
+def test_postgres_connections_lost_under_load(
+    redis_server: RedisServer, tmp_path: Path, postgres_database
+) -> None:  # type: ignore[no-untyped-def]
+    import psycopg2
+
+    database_url = postgres_database()
+    pipeline = Pipeline(tmp_path / "pg", redis_server.url, database_url)
+    try:
+        pipeline.release()
+        url = pipeline.start_web()
+        pipeline.start_worker()
+        pipeline.start_worker()
+        pipeline.wait_healthy(url)
+        follower = Follower(url, after=0)
+        follower.start()
+        follower.connected.wait(10)
+        sender = Sender([url], interval_s=0.003)
+        sender.start()
+        name = database_url.rsplit("/", 1)[1]
+        admin = psycopg2.connect(database_url.rsplit("/", 1)[0] + "/test")
+        admin.autocommit = True
+        terminated = 0
+        for _ in range(4):
+            time.sleep(0.7)
+            with admin.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (name,),
+                )
+                terminated += cursor.fetchone()[0]
+        admin.close()
+        time.sleep(0.5)
+        sender.stop()
+        with httpx.Client(base_url=url, timeout=10) as client:
+            rows = assert_stored_exactly_once(client, sender)
+        follower.wait_for({row["id"] for row in rows})
+        follower.stop()
+        assert follower.violations == [] and [m["id"] for m in follower.received] == [r["id"] for r in rows]
+        report(
+            "postgres connections killed",
+            terminated=terminated,
+            accepted=len(sender.accepted),
+            stored=len(rows),
+        )
+        assert terminated > 0
+    finally:
+        pipeline.stop()
