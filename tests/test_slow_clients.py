@@ -1,0 +1,205 @@
+"""A client that stops reading is cut off (SPEC §4), without holding up anyone else."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect as async_connect
+from websockets.sync.client import connect
+
+from tests.support import Pipeline, send, wait_until
+
+pytestmark = pytest.mark.slow
+
+MESSAGES = 200
+PAYLOAD_BYTES = 50_000
+
+
+class Readers(threading.Thread):
+    """``count`` well-behaved WebSocket clients on one event loop, recording arrival times."""
+
+    def __init__(self, url: str, count: int) -> None:
+        super().__init__(daemon=True)
+        self.url = url.replace("http://", "ws://") + "/ws"
+        self.count = count
+        self.arrivals: list[dict[int, float]] = [{} for _ in range(count)]
+        self.order_ok = [True] * count
+        self.ready = threading.Event()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        sockets = [await async_connect(self.url, max_size=None) for _ in range(self.count)]
+        self.ready.set()
+        await asyncio.gather(*(self._read(i, ws) for i, ws in enumerate(sockets)))
+        for ws in sockets:
+            await ws.close()
+
+    async def _read(self, index: int, ws: Any) -> None:
+        last = 0
+        while not self._halt.is_set():
+            try:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 0.2))
+            except TimeoutError:
+                continue
+            if frame["event"] == "message":
+                seq = frame["data"]["seq"]
+                self.order_ok[index] &= seq > last
+                last = seq
+                self.arrivals[index][seq] = time.time()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(20)
+
+
+def raw_client(port: int, request: bytes) -> socket.socket:
+    """A connection with a tiny receive buffer that sends ``request`` and then stops reading."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(request)
+    return sock
+
+
+def read_all(sock: socket.socket, timeout_s: float = 20) -> bytes:
+    sock.settimeout(timeout_s)
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def websocket_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each server frame after the HTTP handshake (RFC 6455 §5.2)."""
+    data = data[data.index(b"\r\n\r\n") + 4 :]
+    frames, at = [], 0
+    while at + 2 <= len(data):
+        opcode, length = data[at] & 0x0F, data[at + 1] & 0x7F
+        at += 2
+        if length == 126:
+            (length,) = struct.unpack(">H", data[at : at + 2])
+            at += 2
+        elif length == 127:
+            (length,) = struct.unpack(">Q", data[at : at + 8])
+            at += 8
+        frames.append((opcode, data[at : at + length]))
+        at += length
+    return frames
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_stalled_websocket_is_closed_1013_and_resumes_while_100_others_keep_up(
+    service: tuple[Pipeline, httpx.Client],
+) -> None:
+    pipeline, client = service
+    url = str(client.base_url).rstrip("/")
+    port = int(url.rsplit(":", 1)[1])
+    web_pid = pipeline.webs[0][0].pid
+    readers = Readers(url, 100)
+    readers.start()
+    assert readers.ready.wait(20)
+    key = base64.b64encode(os.urandom(16)).decode()
+    stalled = raw_client(
+        port,
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode(),
+    )
+    time.sleep(0.5)
+    rss_before = rss_mb(web_pid)
+    sent_at: dict[str, float] = {}
+    padding = "x" * PAYLOAD_BYTES
+    for n in range(MESSAGES):
+        sent_at[send(client, {"n": n, "pad": padding}).json()["id"]] = time.time()
+        time.sleep(0.005)
+    rows = wait_until(lambda: len(r := client.get("/messages").json()) == MESSAGES and r, timeout_s=30)
+    seqs = [row["seq"] for row in rows]
+    wait_until(lambda: all(len(a) == MESSAGES for a in readers.arrivals), timeout_s=30)
+    rss_after = rss_mb(web_pid)
+    readers.stop()
+
+    # Everyone else got everything, in order, promptly.
+    assert all(readers.order_ok)
+    sent_by_seq = {row["seq"]: sent_at[row["id"]] for row in rows}
+    delays = sorted(a[seq] - sent_by_seq[seq] for a in readers.arrivals for seq in seqs)
+    p99 = delays[int(len(delays) * 0.99)]
+    assert p99 < 2.0, f"p99 delivery {p99:.2f}s"
+
+    # The stalled client: what it finally reads ends with a 1013 close.
+    frames = websocket_frames(read_all(stalled))
+    stalled.close()
+    messages = [json.loads(payload)["data"] for opcode, payload in frames if opcode == 1]
+    messages = [m for m in messages if "seq" in m]
+    closes = [payload for opcode, payload in frames if opcode == 8]
+    assert closes and struct.unpack(">H", closes[0][:2])[0] == 1013
+    got = [m["seq"] for m in messages]
+    assert got == seqs[: len(got)] and len(got) < MESSAGES
+    # ... and it resumes from its last seq with no gap and no duplicate.
+    after = got[-1] if got else 0
+    with connect(url.replace("http://", "ws://") + f"/ws?after={after}", max_size=None) as ws:
+        rest = []
+        while len(rest) < MESSAGES - len(got):
+            frame = json.loads(ws.recv(timeout=10))
+            if frame["event"] == "message":
+                rest.append(frame["data"]["seq"])
+    assert got + rest == seqs
+    print(
+        f"\n[slow ws] stalled client got {len(got)}/{MESSAGES} then 1013; readers p99 {p99 * 1000:.0f} ms; "
+        f"web RSS {rss_before:.0f} -> {rss_after:.0f} MB"
+    )
+    assert rss_after - rss_before < 100
+
+
+def test_a_stalled_sse_stream_ends_and_resumes(service: tuple[Pipeline, httpx.Client]) -> None:
+    _, client = service
+    url = str(client.base_url).rstrip("/")
+    port = int(url.rsplit(":", 1)[1])
+    stalled = raw_client(port, f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    time.sleep(0.3)
+    padding = "x" * PAYLOAD_BYTES
+    for n in range(MESSAGES):
+        send(client, {"n": n, "pad": padding})
+        time.sleep(0.003)
+    rows = wait_until(lambda: len(r := client.get("/messages").json()) == MESSAGES and r, timeout_s=30)
+    seqs = [row["seq"] for row in rows]
+    data = read_all(stalled)
+    stalled.close()
+    assert data.endswith(b"0\r\n\r\n"), "the stream should have ended"
+    ids = [int(line[4:]) for line in data.split(b"\n") if line.startswith(b"id: ")]
+    assert ids == seqs[: len(ids)] and len(ids) < MESSAGES
+    resumed = client.stream("GET", "/events", headers={"Last-Event-ID": str(ids[-1] if ids else 0)})
+    with resumed as response:
+        rest: list[int] = []
+        for line in response.iter_lines():
+            if line.startswith("id: "):
+                rest.append(int(line[4:]))
+            if len(rest) == MESSAGES - len(ids):
+                break
+    assert ids + rest == seqs
