@@ -273,3 +273,17 @@ def test_responses_are_json_documents(client: httpx.Client) -> None:
     listing = client.get("/messages")
     assert listing.headers["content-type"] == "application/json"
     assert json.loads(listing.text)[0]["payload"] == {"x": "<script>"}
+
+
+def test_idempotency_key_holds_across_web_processes(pipeline: Pipeline) -> None:
+    webs = [pipeline.start_web(), pipeline.start_web()]
+    pipeline.start_worker()
+    answers = []
+    for url in webs * 2:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            answers.append(send(client, {"pay": 10}, **{"Idempotency-Key": "invoice-7"}))
+    assert {response.status_code for response in answers} == {202}
+    assert len({response.json()["id"] for response in answers}) == 1
+    with httpx.Client(base_url=webs[1], timeout=10) as client:
+        assert_problem(send(client, {"pay": 11}, **{"Idempotency-Key": "invoice-7"}), 422)
+        assert [row["id"] for row in wait_stored(client, 1)] == [answers[0].json()["id"]]
