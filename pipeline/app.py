@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 from quart import Quart, Response, current_app
@@ -38,7 +38,7 @@ def create_app(settings: Settings) -> Quart:
     _register_error_handlers(app)
 
     @app.while_serving
-    async def lifecycle() -> AsyncIterator[None]:
+    async def lifecycle() -> AsyncGenerator[None, None]:
         redis = bus.connect(settings.redis_url or "")
         enqueuer = bus.Enqueuer(settings.redis_url or "")
         store = Store(settings.database_url)

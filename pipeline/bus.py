@@ -32,6 +32,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+# redis-py types its commands for both its sync and async clients (``Awaitable[T] | T``), hence
+# the few "type: ignore[misc]" where we await one.
+
 logger = logging.getLogger(__name__)
 
 QUEUE_NAME = default_queue_name
@@ -212,7 +215,7 @@ class Enqueuer:
         if idempotency_key is not None:
             keys.append(IDEMPOTENCY_PREFIX + _sha256(idempotency_key.encode()))
             digest = _sha256(body)
-        args = [
+        args: list[Any] = [
             int(now_ms + self._offset_ms + _DEADLINE_S * 1000),
             message_id,
             job,
@@ -257,12 +260,12 @@ async def publish(redis: ArqRedis, packed: str) -> None:
 
 async def record_failure(redis: ArqRedis, message_id: str, details: dict[str, Any]) -> None:
     """Keep a message whose store gave up where an operator can see it."""
-    await redis.hset(FAILED_KEY, message_id, orjson.dumps(details))
+    await redis.hset(FAILED_KEY, message_id, orjson.dumps(details))  # type: ignore[misc,arg-type]
 
 
 async def failure(redis: ArqRedis, message_id: str) -> dict[str, Any] | None:
     """The failure record of one message, if its store gave up."""
-    raw = await redis.hget(FAILED_KEY, message_id)
+    raw = await redis.hget(FAILED_KEY, message_id)  # type: ignore[misc]
     return loads_job(raw) if raw else None
 
 
@@ -272,10 +275,10 @@ async def retry_failed(url: str) -> int:
     redis = connect(url)
     count = 0
     try:
-        for message_id, raw in (await redis.hgetall(FAILED_KEY)).items():
+        for message_id, raw in (await redis.hgetall(FAILED_KEY)).items():  # type: ignore[misc]
             record = loads_job(raw)
             await enqueuer.enqueue(record["id"], record["payload"], record["received_at"])
-            await redis.hdel(FAILED_KEY, message_id)
+            await redis.hdel(FAILED_KEY, message_id)  # type: ignore[misc]
             count += 1
     finally:
         await enqueuer.close()
@@ -285,7 +288,7 @@ async def retry_failed(url: str) -> int:
 
 async def failure_count(redis: ArqRedis) -> int:
     """How many messages are recorded as failed."""
-    return int(await redis.hlen(FAILED_KEY))
+    return int(await redis.hlen(FAILED_KEY))  # type: ignore[misc]
 
 
 async def listen(
@@ -317,7 +320,7 @@ async def listen(
         finally:
             # aclose() must not hide a CancelledError, nor raise over the original error.
             with contextlib.suppress(*REDIS_ERRORS):
-                await asyncio.shield(pubsub.aclose())
+                await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
 
 
 async def _relay(pubsub: Any, on_message: Callable[[bytes], Awaitable[None]], idle_ping_s: float) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from urllib.parse import urlsplit
 
 from quart import Blueprint, Response, request, websocket
@@ -30,7 +30,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
 
 
-async def follow(found: Services, after: int | None) -> AsyncIterator[list[Delivery] | None]:
+async def follow(found: Services, after: int | None) -> AsyncGenerator[list[Delivery] | None, None]:
     """Batches of deliveries for one stream, in ``seq`` order; None when a ping is due.
 
     Raises Overflow when the stream's buffer overflows and Closed when the hub stops.

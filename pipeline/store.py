@@ -52,7 +52,7 @@ class StoredMessage(peewee.Model):
         table_name = "message"
 
 
-def _open(url: str) -> peewee.Database:
+def _open(url: str) -> Any:
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         path = urlsplit(url).path
@@ -113,7 +113,7 @@ class Store:
         with self._db.bind_ctx([StoredMessage]), self._db.atomic():
             if self._is_postgres:
                 # Processes starting together must not race to create the same table.
-                self._db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_SEQ_LOCK_KEY,))
+                self._execute("SELECT pg_advisory_xact_lock(%s)", (_SEQ_LOCK_KEY,))
             self._db.create_tables([StoredMessage], safe=True)
 
     # Writes ---------------------------------------------------------------------------
@@ -127,16 +127,16 @@ class Store:
         atomic = self._db.atomic() if self._is_postgres else self._db.atomic("IMMEDIATE")
         with atomic:
             if self._is_postgres:
-                self._db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_SEQ_LOCK_KEY,))
+                self._execute("SELECT pg_advisory_xact_lock(%s)", (_SEQ_LOCK_KEY,))
             p = self._param
             values = ", ".join([f"({p}, {p}, {p}, {p})"] * len(rows))
-            self._db.execute_sql(
+            self._execute(
                 "INSERT INTO message (id, payload, received_at, persisted_at) "
                 f"VALUES {values} ON CONFLICT (id) DO NOTHING",
                 [value for row in rows for value in (*row, persisted_at)],
             )
             placeholders = ", ".join([p] * len(ids))
-            cursor = self._db.execute_sql(
+            cursor = self._execute(
                 f"SELECT {_COLUMNS} FROM message WHERE id IN ({placeholders}) ORDER BY seq", ids
             )
             return [Message._make(row) for row in cursor.fetchall()]
@@ -154,7 +154,7 @@ class Store:
         else:
             sql = f"SELECT {_COLUMNS} FROM message WHERE seq > {p} AND seq <= {p} ORDER BY seq LIMIT {p}"
             params = (seq, until, limit)
-        return [Message._make(row) for row in self._db.execute_sql(sql, params).fetchall()]
+        return [Message._make(row) for row in self._execute(sql, params).fetchall()]
 
     async def tail(self, count: int) -> list[Message]:
         """The ``count`` newest messages, oldest first."""
@@ -162,7 +162,7 @@ class Store:
 
     def _tail(self, count: int) -> list[Message]:
         sql = f"SELECT {_COLUMNS} FROM message ORDER BY seq DESC LIMIT {self._param}"
-        rows = self._db.execute_sql(sql, (count,)).fetchall()
+        rows = self._execute(sql, (count,)).fetchall()
         return [Message._make(row) for row in reversed(rows)]
 
     async def get(self, message_id: str) -> Message | None:
@@ -171,7 +171,7 @@ class Store:
 
     def _get(self, message_id: str) -> Message | None:
         sql = f"SELECT {_COLUMNS} FROM message WHERE id = {self._param}"
-        row = self._db.execute_sql(sql, (message_id,)).fetchone()
+        row = self._execute(sql, (message_id,)).fetchone()
         return Message._make(row) if row else None
 
     async def latest_seq(self) -> int:
@@ -179,7 +179,7 @@ class Store:
         return await self._call(self._latest_seq)
 
     def _latest_seq(self) -> int:
-        row = self._db.execute_sql("SELECT MAX(seq) FROM message").fetchone()
+        row = self._execute("SELECT MAX(seq) FROM message").fetchone()
         return int(row[0] or 0)
 
     async def count(self) -> int:
@@ -187,16 +187,20 @@ class Store:
         return await self._call(self._count)
 
     def _count(self) -> int:
-        return int(self._db.execute_sql("SELECT COUNT(*) FROM message").fetchone()[0])
+        return int(self._execute("SELECT COUNT(*) FROM message").fetchone()[0])
 
     async def close(self) -> None:
         """Close connections and stop this store's threads."""
         self._executor.shutdown(wait=True)
         if self._is_postgres:
-            self._db.close_all()  # type: ignore[attr-defined]
+            self._db.close_all()
         elif not self._db.is_closed():
             self._db.close()
 
     @property
     def _param(self) -> str:
-        return self._db.param
+        param: str = self._db.param
+        return param
+
+    def _execute(self, sql: str, params: Sequence[object] = ()) -> Any:
+        return self._db.execute_sql(sql, params)

@@ -44,7 +44,7 @@ async def serve(settings: Settings) -> None:
         await stopping.wait()
         close_streams(app)
 
-    await hypercorn_serve(app, hypercorn_config(settings), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+    await hypercorn_serve(app, hypercorn_config(settings), shutdown_trigger=shutdown_trigger)
 
 
 def run(settings: Settings) -> None:

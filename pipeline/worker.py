@@ -37,6 +37,7 @@ FALLBACK_POLL_S = 0.5
 HEALTH_CHECK_INTERVAL_S = 5
 
 Row = tuple[str, str, str]
+_RETRYABLE: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, TimeoutError)
 
 
 class Writer:
@@ -101,8 +102,9 @@ async def store_message(ctx: dict[str, Any], message_id: str, payload: str, rece
     tries: int = ctx["job_try"]
     try:
         async with asyncio.timeout(STORE_TIMEOUT_S):
-            message = await ctx["writer"].save((message_id, payload, received_at))
-    except (*TRANSIENT_ERRORS, TimeoutError) as exc:
+            writer: Writer = ctx["writer"]
+            message = await writer.save((message_id, payload, received_at))
+    except _RETRYABLE as exc:
         if tries < settings.store_max_tries:
             delay_s = min(settings.store_retry_base_s * 2 ** (tries - 1), 30.0)
             logger.warning(
