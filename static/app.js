@@ -13,6 +13,7 @@
   const WS_SILENCE_MS = 45000;       // the server pings at least every 15 s
   const FLAPPING_MS = 1000;          // a connection that dies sooner does not reset the back-off
   const FILTER_DEBOUNCE_MS = 80;
+  const SEQS_MAX = 1000000;          // window.__pipeline.seqs keeps at most this many (newest)
 
   const $ = (id) => document.getElementById(id);
   const els = {
@@ -32,6 +33,7 @@
     lastSeq: 0,        // highest seq accepted (rendered or about to be, this frame)
     ignored: 0,        // messages dropped because their seq was already seen
     connects: 0,       // streams opened (attempts)
+    flushes: 0,        // DOM updates (one DocumentFragment each)
   };
   window.__pipeline = pipeline;
 
@@ -125,6 +127,27 @@
   let filterText = "";
   const searchText = new WeakMap();  // entry -> lowercased payload + id
   let pendingSend = null;            // {id} of the last message sent from the form
+  // Entries use content-visibility:auto, so off-screen ones cost nothing; an entry is
+  // laid out at an estimated height until the browser has seen it on screen. So when
+  // pinned, the list is re-pinned on the following frames until its height stops changing.
+  let settleId = 0;
+  let settleFrames = 0;
+  let settleHeight = -1;
+  function startSettling() {
+    settleFrames = 0;
+    settleHeight = -1;
+    if (!settleId) settleId = requestAnimationFrame(settle);
+  }
+  function settle() {
+    settleId = 0;
+    if (!pinned || queue.length) return;   // a flush is coming: it re-pins first
+    const h = els.list.scrollHeight;
+    pinToNewest();
+    if (h !== settleHeight && ++settleFrames < 10) {
+      settleHeight = h;
+      settleId = requestAnimationFrame(settle);
+    }
+  }
 
   function accept(m) {
     if (!m || typeof m !== "object" || !Number.isSafeInteger(m.seq) || m.seq <= 0) {
@@ -138,13 +161,33 @@
     return true;
   }
 
+  // Incoming messages are queued and put on the page in one DocumentFragment per
+  // animation frame. If the frames that do so take longer than a frame's time (a slow
+  // machine, thousands of entries), flushes are spaced out so that the page keeps most
+  // of its time for the reader: each flush then carries more messages.
   let rafId = 0;
   let flushTimer = 0;
+  let lastFlushAt = -1e9;
+  let flushFrameMs = 0;      // smoothed duration of a frame that flushed
+  function flushGap() {
+    return Math.min(250, Math.max(0, (flushFrameMs - 20) * 3));
+  }
   function scheduleFlush() {
     if (rafId || flushTimer) return;
-    rafId = requestAnimationFrame(flush);
+    rafId = requestAnimationFrame(onFrame);
     // requestAnimationFrame does not run in a hidden tab; a timer keeps the queue short there.
-    flushTimer = setTimeout(flush, 500);
+    flushTimer = setTimeout(flush, 1000);
+  }
+  function onFrame() {
+    rafId = 0;
+    if (performance.now() - lastFlushAt < flushGap()) { rafId = requestAnimationFrame(onFrame); return; }
+    flush();
+  }
+  function measureFlushFrame(startedAt) {
+    requestAnimationFrame(() => {
+      const ms = performance.now() - startedAt;
+      if (!document.hidden && ms < 2000) flushFrameMs = flushFrameMs ? flushFrameMs * 0.7 + ms * 0.3 : ms;
+    });
   }
 
   function matches(entry) {
@@ -211,6 +254,9 @@
     const batch = queue;
     queue = [];
     const now = Date.now();
+    lastFlushAt = performance.now();
+    measureFlushFrame(lastFlushAt);
+    pipeline.flushes++;
     const list = els.list;
 
     // The list is in ascending seq order in the DOM and shown newest-on-top by CSS
@@ -218,9 +264,11 @@
     // each frame's work small however many entries the list holds.
     // Only the newest MAX_DOM of a large batch can stay in the list: build just those.
     const first = Math.max(0, batch.length - MAX_DOM);
+    if (pinned) pinToNewest();  // settles the previous frame's entries; layout is clean here
     const frag = document.createDocumentFragment();
     for (let i = first; i < batch.length; i++) frag.append(renderEntry(batch[i], now));
     for (let i = 0; i < batch.length; i++) pipeline.seqs.push(batch[i].seq);
+    if (pipeline.seqs.length > SEQS_MAX) pipeline.seqs.splice(0, pipeline.seqs.length - SEQS_MAX + SEQS_MAX / 10);
     total += batch.length;
     droppedFromDom += first;
     list.append(frag);
@@ -228,8 +276,10 @@
 
     if (inDom > MAX_DOM) {
       // Trimming the oldest moves every entry, so do it in steps of MAX_DOM - TRIM_TO.
-      const oldHeight = pinned ? 0 : list.scrollHeight;
-      const oldTop = list.scrollTop;
+      // Paused: the reader's view must not move; the newest shown entry stays: the anchor.
+      let anchor = pinned ? null : list.lastElementChild;
+      while (anchor && anchor.hidden) anchor = anchor.previousElementSibling;
+      const anchorTop = anchor ? anchor.getBoundingClientRect().top : 0;
       while (inDom > TRIM_TO) {
         const oldest = list.firstElementChild;
         if (!oldest) break;
@@ -238,11 +288,11 @@
         inDom--;
         droppedFromDom++;
       }
-      // Paused: the removed entries were below the reader's view; keep the view in place.
-      if (!pinned) list.scrollTop = oldTop + (oldHeight - list.scrollHeight);
+      if (anchor) list.scrollTop += anchor.getBoundingClientRect().top - anchorTop;
     }
     if (pinned) {
-      list.scrollTop = -list.scrollHeight;   // clamps to the newest end
+      pinToNewest();
+      startSettling();
     } else {
       newWhilePaused += batch.length;
       updatePin();
@@ -254,6 +304,12 @@
       }
     }
     updateCount();
+  }
+
+  // column-reverse: scrollTop is 0 at the oldest end and negative towards the newest;
+  // a too-small value clamps to the newest end.
+  function pinToNewest() {
+    els.list.scrollTop = -els.list.scrollHeight;
   }
 
   function updateCount() {
@@ -278,6 +334,7 @@
       li.hidden = !ok;
       if (ok) shown++;
     }
+    if (pinned) { pinToNewest(); startSettling(); }
     updateCount();
   }
 
@@ -300,16 +357,25 @@
   }
   function setPinned(p) {
     pinned = p;
-    if (p) { newWhilePaused = 0; els.list.scrollTop = -els.list.scrollHeight; }
+    if (p) { newWhilePaused = 0; pinToNewest(); startSettling(); }
     updatePin();
   }
   els.pin.addEventListener("click", () => setPinned(!pinned));
-  // Scrolling away from the newest while pinned pauses auto-scroll, so the list stops moving.
+  // The reader scrolling away from the newest pauses auto-scroll (so the list stops moving
+  // under them); scrolling back to the newest resumes it. Only scrolls that follow the
+  // reader's own input count: the page's own scrolling and entries settling in size don't.
+  let userScrollAt = -1e9;
+  const markUserScroll = () => { userScrollAt = performance.now(); };
+  for (const type of ["wheel", "touchstart", "touchmove", "pointerdown", "keydown"]) {
+    els.list.addEventListener(type, markUserScroll, { passive: true });
+  }
   els.list.addEventListener("scroll", () => {
+    if (performance.now() - userScrollAt > 1000) return;
     const l = els.list;
     // column-reverse: scrollTop is 0 at the oldest end and negative towards the newest.
     const fromNewest = l.scrollHeight - l.clientHeight + l.scrollTop;
     if (pinned && fromNewest > 48) setPinned(false);
+    else if (!pinned && fromNewest < 2) setPinned(true);
   }, { passive: true });
 
   // ---------- live connection ----------
@@ -500,7 +566,7 @@
       historyAttempt++;
       const delay = backoffDelay(historyAttempt);
       setStatus("reconnecting", `reconnecting (attempt ${historyAttempt})`);
-      showNotice(`Could not load the stored messages: ${e.message}. Retrying…`);
+      showNotice(`Could not load the stored messages: ${String(e.message).replace(/[.\s]+$/, "")}. Retrying…`);
       setTimeout(loadHistory, delay);
       return;
     }
