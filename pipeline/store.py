@@ -95,8 +95,13 @@ class Store:
 
     def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            with self._db.connection_context():
-                return fn(*args)
+            if self._is_postgres:
+                # Borrow a pooled connection for this call only; the pool drops dead ones.
+                with self._db.connection_context():
+                    return fn(*args)
+            # SQLite: each store thread keeps its own connection open (peewee connects on first
+            # use), so a call does not pay for connecting and setting pragmas again.
+            return fn(*args)
         except TRANSIENT_ERRORS:
             # A broken connection must not be reused by the next call on this thread.
             if not self._db.is_closed():

@@ -1,99 +1,40 @@
-"""The arq worker: stores each queued message, then announces it. Never imports Quart.
+"""The worker process: the arq job that stores a message, and the worker that runs it.
 
-One job is one message, but the jobs of a worker process hand their rows to a single
-:class:`Writer`, which commits whatever has gathered in one transaction (group commit) and
-publishes only after the commit. A job returns once its row is committed.
+One job is one message. Its row goes to the process's single :class:`Writer` (group commit,
+publish after commit) and the job returns once the row is committed. Never imports Quart.
 
 Timeouts are chosen so a killed worker's jobs come back quickly: a store gives up after
-``STORE_TIMEOUT_S`` (and asks arq to retry), arq's own job timeout is a little longer, and the
-in-progress key that blocks other workers from a running job lives just past that, not arq's
-default job timeout plus ten seconds.
+``STORE_TIMEOUT_S`` and asks for a retry; the job timeout is a little longer; and the
+in-progress key that keeps other workers off a running job lives just past that (arq's default
+is the job timeout plus ten seconds).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Sequence
 from typing import Any
 
+import uvloop
 from arq import Retry
-from arq.connections import ArqRedis
-from arq.worker import Worker, func
+from arq.worker import func
 
 from . import bus
 from .config import Settings
-from .messages import Message, pack, render, utc_timestamp
+from .messages import utc_timestamp
+from .runner import BatchingWorker
 from .store import TRANSIENT_ERRORS, Store
+from .writer import Writer
 
 logger = logging.getLogger(__name__)
 
 STORE_TIMEOUT_S = 4.0
 JOB_TIMEOUT_S = 5.0
 IN_PROGRESS_TTL_S = JOB_TIMEOUT_S + 1.0
-MAX_BATCH = 500
 FALLBACK_POLL_S = 0.5
 HEALTH_CHECK_INTERVAL_S = 5
 
-Row = tuple[str, str, str]
 _RETRYABLE: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, TimeoutError)
-
-
-class Writer:
-    """The worker process's only database writer: one transaction for whatever has gathered."""
-
-    def __init__(self, store: Store, redis: ArqRedis, *, max_batch: int = MAX_BATCH) -> None:
-        self._store = store
-        self._redis = redis
-        self._max_batch = max_batch
-        self._pending: asyncio.Queue[tuple[Row, asyncio.Future[Message]]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Start writing."""
-        self._task = asyncio.create_task(self._run(), name="writer")
-
-    async def stop(self) -> None:
-        """Stop writing (pending saves fail with CancelledError, and their jobs retry)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def save(self, row: Row) -> Message:
-        """Store one row and return it as stored (once committed and announced)."""
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending.put_nowait((row, future))
-        return await future
-
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._pending.get()]
-            while len(batch) < self._max_batch and not self._pending.empty():
-                batch.append(self._pending.get_nowait())
-            # A job that already gave up (timed out, cancelled) will run again; skip its row.
-            batch = [(row, future) for row, future in batch if not future.done()]
-            if batch:
-                await self._write(batch)
-
-    async def _write(self, batch: Sequence[tuple[Row, asyncio.Future[Message]]]) -> None:
-        try:
-            stored = await self._store.save([row for row, _ in batch])
-        except Exception as exc:  # noqa: BLE001 - each job decides what its failure means
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        try:
-            await bus.publish(self._redis, pack([render(message) for message in stored]))
-        except bus.REDIS_ERRORS as exc:
-            # Stored is what counts; every web process catches up from the database.
-            logger.warning("stored %d messages but could not announce them: %s", len(stored), exc)
-        by_id = {message.id: message for message in stored}
-        for row, future in batch:
-            if not future.done():
-                future.set_result(by_id[row[0]])
 
 
 async def store_message(ctx: dict[str, Any], message_id: str, payload: str, received_at: str) -> int:
@@ -137,64 +78,6 @@ async def _give_up(
     )
 
 
-class PipelineWorker(Worker):
-    """arq's worker, woken by each enqueue instead of only polling on a timer."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.in_progress_timeout_s = IN_PROGRESS_TTL_S
-        self._wake = asyncio.Event()
-
-    async def main(self) -> None:
-        """arq's main loop, but sleeping until woken and surviving Redis outages."""
-        await self._wait_for_redis()
-        self.ctx["redis"] = self.pool
-        if self.on_startup:
-            await self.on_startup(self.ctx)
-        listener = asyncio.create_task(bus.listen(self.pool, bus.WAKE_CHANNEL, self._on_wake), name="wake")
-        backoff_s = 0.1
-        try:
-            while True:
-                self._wake.clear()
-                try:
-                    await self._poll_iteration()
-                    backoff_s = 0.1
-                except bus.REDIS_ERRORS as exc:
-                    logger.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff_s)
-                    await asyncio.sleep(backoff_s)
-                    backoff_s = min(backoff_s * 2, 5.0)
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
-        finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
-
-    async def _wait_for_redis(self) -> None:
-        backoff_s = 0.1
-        while True:
-            try:
-                await self.pool.ping()
-                return
-            except bus.REDIS_ERRORS as exc:
-                logger.warning("waiting for redis (%s)", exc)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
-
-    async def _on_wake(self, _: bytes) -> None:
-        self._wake.set()
-
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """Start queued jobs, skipping this worker's own running ones without a round trip."""
-        await super().start_jobs([job_id for job_id in job_ids if job_id.decode() not in self.tasks])
-
-    def _release_sem_dec_counter_on_complete(self) -> None:
-        super()._release_sem_dec_counter_on_complete()
-        # A finished job frees a slot: look for more work now rather than at the next tick.
-        self._wake.set()
-
-
 async def _startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     store = Store(settings.database_url, threads=1)
@@ -209,10 +92,10 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
         await ctx["store"].close()
 
 
-def create_worker(settings: Settings, *, handle_signals: bool = True) -> PipelineWorker:
+def create_worker(settings: Settings, *, handle_signals: bool = True) -> BatchingWorker:
     """An arq worker for ``settings`` (Redis must be set in ``settings.redis_url``)."""
     assert settings.redis_url, "the worker needs a Redis URL"
-    return PipelineWorker(
+    return BatchingWorker(
         functions=[func(store_message, name=bus.STORE_JOB, timeout=JOB_TIMEOUT_S)],
         queue_name=bus.QUEUE_NAME,
         redis_pool=bus.connect(settings.redis_url),
@@ -223,12 +106,10 @@ def create_worker(settings: Settings, *, handle_signals: bool = True) -> Pipelin
         # Let running jobs finish on SIGTERM/SIGINT before cancelling (cancelled ones retry).
         job_completion_wait=2,
         max_jobs=settings.worker_max_jobs,
+        in_progress_ttl_s=IN_PROGRESS_TTL_S,
         job_timeout=JOB_TIMEOUT_S,
         keep_result=0,
         poll_delay=FALLBACK_POLL_S,
-        # arq fails a job *without running it* past max_tries; our job counts its own tries
-        # and records a failure, so arq's limit must never be the one that triggers.
-        max_tries=1_000_000,
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
         job_serializer=bus.dumps_job,
         job_deserializer=bus.loads_job,
@@ -237,5 +118,7 @@ def create_worker(settings: Settings, *, handle_signals: bool = True) -> Pipelin
 
 
 def run(settings: Settings) -> None:
-    """Run a worker until SIGINT/SIGTERM."""
+    """Run a worker (on uvloop) until SIGINT/SIGTERM."""
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.set_event_loop(asyncio.new_event_loop())
     create_worker(settings).run()
