@@ -3,92 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import AsyncIterator
 
 import orjson
 from quart import Blueprint, Response, render_template, request
 
 from . import bus
-from .messages import InvalidBody, canonical_id, new_id, parse_body, render, utc_timestamp
+from .ingest import accept, check_idempotency_key, check_token, unavailable
+from .messages import canonical_id, render
 from .problems import Problem
 from .services import services
 from .store import TRANSIENT_ERRORS
 
 blueprint = Blueprint("api", __name__)
 
-RETRY_AFTER_S = "2"
-MAX_IDEMPOTENCY_KEY_CHARS = 255
 _PAGE_ROWS = 1000
 _HEALTH_TIMEOUT_S = 2.0
-
-
-def _unavailable(what: str) -> Problem:
-    return Problem(503, f"{what} is unavailable; try again shortly.", headers={"Retry-After": RETRY_AFTER_S})
-
-
-def _check_token() -> None:
-    token = services().settings.ingest_token
-    if token is None:
-        return
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise Problem(
-            401,
-            "Writes need the header 'Authorization: Bearer <token>' with the configured token.",
-            headers={"WWW-Authenticate": 'Bearer realm="pipeline"'},
-        )
-
-
-def _idempotency_key() -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable():
-        raise Problem(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable characters.")
-    return key
 
 
 @blueprint.route("/messages", methods=["POST", "PUT"])
 @blueprint.route("/json_dummy", methods=["POST", "PUT"])
 @blueprint.route("/json_dummy/", methods=["POST", "PUT"])
-async def ingest() -> Response:
-    """Accept one JSON document: queue it and answer 202 at once."""
-    _check_token()
-    idempotency_key = _idempotency_key()
+async def ingest_route() -> Response:
+    """Accept one JSON document: queue it and answer 202 at once (see ``ingest``)."""
+    found = services()
+    check_token(found, request.headers.get("Authorization"))
+    key = check_idempotency_key(request.headers.get("Idempotency-Key"))
     body = await request.get_data(cache=False)
     assert isinstance(body, bytes)
-    try:
-        payload = parse_body(body)
-    except InvalidBody as exc:
-        raise Problem(400, str(exc)) from None
-    try:
-        accepted = await services().enqueuer.enqueue(
-            new_id(), payload, utc_timestamp(), idempotency_key=idempotency_key, body=body
-        )
-    except bus.Unavailable as exc:
-        if exc.outcome_known:
-            raise _unavailable("The queue (Redis)") from None
-        raise Problem(
-            503,
-            "The connection to Redis dropped while the message was being queued, and Redis did not "
-            "come back in time: it may or may not have been queued. Send it again with the same "
-            "Idempotency-Key to have it stored exactly once.",
-            headers={"Retry-After": RETRY_AFTER_S},
-            extensions={"outcome": "unknown"},
-        ) from None
-    except bus.IdempotencyConflict as exc:
-        raise Problem(
-            422,
-            f"This Idempotency-Key was used for message {exc} with a different body.",
-        ) from None
-    answer = {"id": accepted.id, "status": "queued", "received_at": accepted.received_at}
+    answer = await accept(found, body, key)
     return Response(
-        orjson.dumps(answer),
-        status=202,
-        content_type="application/json",
-        headers={"Location": f"/messages/{accepted.id}"},
+        answer.body, status=answer.status, content_type=answer.content_type, headers=answer.headers
     )
 
 
@@ -123,7 +68,7 @@ async def list_messages() -> Response:
             until = await store.latest_seq()
             first = await store.after(after, _page_size(limit), until)
     except TRANSIENT_ERRORS:
-        raise _unavailable("The database") from None
+        raise unavailable("The database") from None
 
     async def pages() -> AsyncIterator[bytes]:
         page, sent = first, 0
@@ -163,7 +108,7 @@ async def get_message(message_id: str) -> Response:
     try:
         message = await found.store.get(canonical)
     except TRANSIENT_ERRORS:
-        raise _unavailable("The database") from None
+        raise unavailable("The database") from None
     if message is not None:
         return Response(render(message), content_type="application/json")
     if queued:
@@ -171,7 +116,7 @@ async def get_message(message_id: str) -> Response:
     try:
         failed = await bus.failure(found.redis, canonical)
     except bus.REDIS_ERRORS:
-        raise _unavailable("Redis") from None
+        raise unavailable("Redis") from None
     if failed is not None:
         return _json({"id": canonical, "status": "failed", "error": failed["error"]}, 202)
     raise Problem(404, f"No message has the id {canonical}.")

@@ -27,22 +27,30 @@ class Problem(Exception):
         self.extensions = dict(extensions or {})
 
 
+def problem_document(status: int, detail: str, extensions: Mapping[str, object] | None = None) -> bytes:
+    """The JSON of a problem. ``type`` is "about:blank": the status says what kind of problem
+    it is and ``title`` is the status phrase (RFC 9457 §4.2.1); ``detail`` explains;
+    ``extensions`` are extra members (RFC 9457 §3.2)."""
+    return orjson.dumps(
+        {
+            **(extensions or {}),
+            "type": "about:blank",
+            "title": HTTPStatus(status).phrase,
+            "status": status,
+            "detail": detail,
+        }
+    )
+
+
 def problem_response(
     status: int,
     detail: str,
     headers: Mapping[str, str] | None = None,
     extensions: Mapping[str, object] | None = None,
 ) -> Response:
-    """A problem+json response. ``type`` is "about:blank": the status says what kind of
-    problem it is and ``title`` is the status phrase (RFC 9457 §4.2.1); ``detail`` explains;
-    ``extensions`` are extra members (RFC 9457 §3.2)."""
-    body = {
-        **(extensions or {}),
-        "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-    }
-    response = Response(orjson.dumps(body), status=status, content_type="application/problem+json")
+    """A problem+json response (see :func:`problem_document`)."""
+    response = Response(
+        problem_document(status, detail, extensions), status=status, content_type="application/problem+json"
+    )
     response.headers.update(headers or {})
     return response

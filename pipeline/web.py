@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import cast
 
 import uvloop
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
+from hypercorn.typing import ASGIFramework
 
 from .app import close_streams, create_app
 from .config import Settings
+from .ingest import IngestShortcut
 
 # Clients only send tiny control messages; a larger one closes the connection (SPEC §4).
 MAX_INCOMING_WS_BYTES = 4096
@@ -44,7 +47,9 @@ async def serve(settings: Settings) -> None:
         await stopping.wait()
         close_streams(app)
 
-    await hypercorn_serve(app, hypercorn_config(settings), shutdown_trigger=shutdown_trigger)
+    # Ingest skips Quart's per-request machinery (see ingest.py); everything else is Quart.
+    served = cast(ASGIFramework, IngestShortcut(app, app.extensions))
+    await hypercorn_serve(served, hypercorn_config(settings), shutdown_trigger=shutdown_trigger)
 
 
 def run(settings: Settings) -> None:
