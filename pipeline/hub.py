@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import NamedTuple
@@ -39,21 +40,38 @@ class Delivery(NamedTuple):
 
     seq: int
     text: str
-    ws_frame: str
+    ws_text: str
+    ws_frame: bytes
     sse_frame: bytes
+
+
+def websocket_frame(text: str) -> bytes:
+    """A complete unfragmented, unmasked text frame (RFC 6455 §5.2), as a server sends it.
+
+    A server's frames carry no mask, so the same bytes serve every connection.
+    """
+    data = text.encode()
+    size = len(data)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + data
 
 
 def delivery(rendered: str, seq: int | None = None) -> Delivery:
     """Wrap a rendered message in its WebSocket and SSE frames."""
     seq = seq_of(rendered) if seq is None else seq
-    ws_frame = f'{{"event":"message","data":{rendered}}}'
+    ws_text = f'{{"event":"message","data":{rendered}}}'
     if "\n" in rendered or "\r" in rendered:
         # A payload's whitespace may hold line breaks; SSE needs one data: line per line.
         data = "".join(f"data: {line}\n" for line in rendered.splitlines())
     else:
         data = f"data: {rendered}\n"
     sse_frame = f"id: {seq}\nevent: message\n{data}\n".encode()
-    return Delivery(seq, rendered, ws_frame, sse_frame)
+    return Delivery(seq, rendered, ws_text, websocket_frame(ws_text), sse_frame)
 
 
 def deliveries(messages: Iterable[Message]) -> list[Delivery]:

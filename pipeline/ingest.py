@@ -1,38 +1,30 @@
-"""Ingest: accepting one JSON document, and the shortcut that serves it without the framework.
+"""Ingest: accepting one JSON document.
 
-:func:`accept` is what ``POST``/``PUT /messages`` does: check the token and the
-``Idempotency-Key``, validate the body, queue it, and say what to answer. Quart's route (in
-``api``) calls it, and so does :class:`IngestShortcut`, a small ASGI layer that ``web`` puts in
-front of the app: it serves those two methods on the ingest paths itself and hands every other
-request to Quart. Ingest is the one path that runs thousands of times a second, and Quart's
-per-request work (request and context objects, routing, hooks, timeouts) was about 40% of the
-web process's CPU per message; the shortcut skips it and answers exactly the same.
+:func:`accept` is what ``POST``/``PUT /messages`` does: validate the body, queue it, and say
+what to answer (after :func:`check_token` and :func:`check_idempotency_key`). Quart's route
+(``api.ingest_route``) calls it, and so does :func:`serve_ingest`, the same thing at the ASGI
+level that ``front`` serves: Quart's per-request work was about 40% of the web process's CPU
+per message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
 from . import bus
+from .asgi import Receive, Scope, Send
 from .messages import InvalidBody, new_id, parse_body, utc_timestamp
 from .problems import Problem, problem_document
-from .services import EXTENSION_KEY, Services
+from .services import Services
 
 INGEST_PATHS = frozenset({"/messages", "/json_dummy", "/json_dummy/"})
 RETRY_AFTER_S = "2"
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 BODY_TIMEOUT_S = 30.0
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 
 @dataclass
@@ -100,48 +92,32 @@ async def accept(found: Services, body: bytes, idempotency_key: str | None) -> A
     return Answer(202, orjson.dumps(document), {"Location": f"/messages/{accepted.id}"})
 
 
-class IngestShortcut:
-    """ASGI layer: serves ``POST``/``PUT`` on the ingest paths itself, the rest goes to ``app``."""
-
-    def __init__(self, app: ASGIApp, extensions: Mapping[str, Any]) -> None:
-        self.app = app
-        self._extensions = extensions  # the Quart app's: holds Services while serving
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found: Services | None = self._extensions.get(EXTENSION_KEY)
-        if (
-            found is None
-            or scope["type"] != "http"
-            or scope["method"] not in ("POST", "PUT")
-            or scope["path"] not in INGEST_PATHS
-        ):
-            await self.app(scope, receive, send)
-            return
-        headers = {
-            name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]
-        }
-        try:
-            check_token(found, headers.get("authorization"))
-            key = check_idempotency_key(headers.get("idempotency-key"))
-            body = await _read_body(receive, headers.get("content-length"), found.settings.max_body_bytes)
-            if body is None:
-                return  # the client went away
-            answer = await accept(found, body, key)
-        except Problem as problem:
-            answer = Answer(
-                problem.status,
-                problem_document(problem.status, problem.detail, problem.extensions),
-                problem.headers,
-                "application/problem+json",
-            )
-        raw_headers = [
-            (b"content-type", answer.content_type.encode()),
-            (b"content-length", str(len(answer.body)).encode()),
-            (b"x-content-type-options", b"nosniff"),
-            *((name.lower().encode(), value.encode()) for name, value in answer.headers.items()),
-        ]
-        await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
-        await send({"type": "http.response.body", "body": answer.body})
+async def serve_ingest(found: Services, scope: Scope, receive: Receive, send: Send) -> None:
+    """``POST``/``PUT`` on an ingest path at the ASGI level (see ``front``): what the Quart route
+    does, without the framework's per-request work."""
+    headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+    try:
+        check_token(found, headers.get("authorization"))
+        key = check_idempotency_key(headers.get("idempotency-key"))
+        body = await _read_body(receive, headers.get("content-length"), found.settings.max_body_bytes)
+        if body is None:
+            return  # the client went away
+        answer = await accept(found, body, key)
+    except Problem as problem:
+        answer = Answer(
+            problem.status,
+            problem_document(problem.status, problem.detail, problem.extensions),
+            problem.headers,
+            "application/problem+json",
+        )
+    raw_headers = [
+        (b"content-type", answer.content_type.encode()),
+        (b"content-length", str(len(answer.body)).encode()),
+        (b"x-content-type-options", b"nosniff"),
+        *((name.lower().encode(), value.encode()) for name, value in answer.headers.items()),
+    ]
+    await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": answer.body})
 
 
 async def _read_body(receive: Receive, content_length: str | None, limit: int) -> bytes | None:

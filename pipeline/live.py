@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from urllib.parse import urlsplit
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from urllib.parse import parse_qs, urlsplit
 
+from hypercorn.protocol.events import Data
+from hypercorn.protocol.ws_stream import WSStream
 from quart import Blueprint, Response, request, websocket
 from werkzeug.datastructures import Headers
 
-from .hub import Closed, Delivery, Overflow, deliveries
-from .problems import Problem
+from .asgi import Receive, Scope, Send
+from .hub import Closed, Delivery, Overflow, deliveries, websocket_frame
+from .problems import Problem, problem_document
 from .services import Services, services
 from .store import Store
 
@@ -28,6 +31,9 @@ _REPLAY_PAGE = 1000
 # RFC 6455 §7.4.1: 1001 "going away" (server stopping), 1013 "try again later" (too slow).
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
+WEBSOCKET_PATHS = frozenset({"/ws", "/json_dummy_ws"})
+_TOO_SLOW = "too slow; resume with ?after=<last seq>"
+_GOING_AWAY = "server going away; resume with ?after=<last seq>"
 
 
 async def follow(found: Services, after: int | None) -> AsyncGenerator[list[Delivery] | None, None]:
@@ -71,12 +77,11 @@ async def _replay(store: Store, after: int) -> AsyncIterator[list[Delivery]]:
             return
 
 
-def _check_origin(headers: Headers) -> None:
+def _check_origin(headers: Headers, allowed: frozenset[str] | None) -> None:
     """Refuse a browser whose page is on another origin (clients without Origin pass)."""
     origin = headers.get("Origin")
     if origin is None:
         return
-    allowed = services().settings.allowed_origins
     normalized = origin.strip().rstrip("/").lower()
     if allowed is None:
         host = (headers.get("Host") or "").lower()
@@ -102,24 +107,28 @@ def _after(raw: str | None, name: str) -> int | None:
 @blueprint.websocket("/ws")
 @blueprint.websocket("/json_dummy_ws")
 async def ws() -> None:
-    """WebSocket stream: ``{"event": "message"|"ping", "data": ...}`` text frames."""
-    _check_origin(websocket.headers)
+    """WebSocket stream: ``{"event": "message"|"ping", "data": ...}`` text frames.
+
+    The web process serves this path with :func:`serve_websocket` (see ``front``), which sends
+    the same frames without Quart's per-message work; this route is the reference.
+    """
+    found = services()
+    _check_origin(websocket.headers, found.settings.allowed_origins)
     after = _after(websocket.args.get("after"), "after")
     await websocket.accept()
-    found = services()
     reader = asyncio.create_task(_discard_incoming())
     try:
         async with contextlib.aclosing(follow(found, after)) as stream:
             async for batch in stream:
                 if batch is None:
-                    await websocket.send(f'{{"event":"ping","data":{{"seq":{found.hub.last_seq}}}}}')
+                    await websocket.send(_ping(found))
                     continue
                 for item in batch:
-                    await websocket.send(item.ws_frame)
+                    await websocket.send(item.ws_text)
     except Overflow:
-        await websocket.close(CLOSE_TRY_AGAIN_LATER, "too slow; resume with ?after=<last seq>")
+        await websocket.close(CLOSE_TRY_AGAIN_LATER, _TOO_SLOW)
     except Closed:
-        await websocket.close(CLOSE_GOING_AWAY, "server going away; resume with ?after=<last seq>")
+        await websocket.close(CLOSE_GOING_AWAY, _GOING_AWAY)
     finally:
         reader.cancel()
 
@@ -131,10 +140,97 @@ async def _discard_incoming() -> None:
         await websocket.receive()
 
 
+def _ping(found: Services) -> str:
+    return f'{{"event":"ping","data":{{"seq":{found.hub.last_seq}}}}}'
+
+
+async def serve_websocket(found: Services, scope: Scope, receive: Receive, send: Send) -> None:
+    """The WebSocket stream at the ASGI level: what ``ws`` does, for the front layer.
+
+    Every frame a stream sends is the same for all its subscribers, so the hub encodes it once
+    and this writes those bytes straight to hypercorn's stream, skipping Quart and re-encoding
+    (and per-connection compression: a server may always send a frame uncompressed, RFC 7692
+    §6). Where the server is not hypercorn it falls back to plain ASGI messages.
+    """
+    if (await receive())["type"] != "websocket.connect":
+        return
+    headers = Headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]])
+    query = parse_qs(scope["query_string"].decode("latin-1"))
+    try:
+        _check_origin(headers, found.settings.allowed_origins)
+        after = _after(query.get("after", [None])[0], "after")
+    except Problem as problem:
+        await _refuse(scope, send, problem)
+        return
+    await send({"type": "websocket.accept"})
+    write = _frame_writer(send)
+    streaming = asyncio.create_task(_stream_frames(found, after, write, send))
+    # The client may go away at any time; then the stream (and its subscription) must end.
+    listening = asyncio.create_task(_until_disconnect(receive))
+    try:
+        await asyncio.wait({streaming, listening}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (streaming, listening):
+            task.cancel()
+        await asyncio.gather(streaming, listening, return_exceptions=True)
+
+
+async def _stream_frames(found: Services, after: int | None, write: FrameWriter, send: Send) -> None:
+    try:
+        async with contextlib.aclosing(follow(found, after)) as stream:
+            async for batch in stream:
+                if batch is None:
+                    ping = _ping(found)
+                    await write(websocket_frame(ping), ping)
+                    continue
+                for item in batch:
+                    await write(item.ws_frame, item.ws_text)
+    except Overflow:
+        await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER, "reason": _TOO_SLOW})
+    except Closed:
+        await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": _GOING_AWAY})
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "websocket.disconnect":
+        pass  # clients have nothing to say (hypercorn caps the size of a message; web.py)
+
+
+FrameWriter = Callable[[bytes, str], Awaitable[None]]
+
+
+def _frame_writer(send: Send) -> FrameWriter:
+    stream = getattr(send, "__self__", None)
+    if isinstance(stream, WSStream):
+
+        async def write_frame(frame: bytes, _: str) -> None:
+            if stream.closed:
+                raise ConnectionError("the WebSocket is closed")
+            await stream.send(Data(stream_id=stream.stream_id, data=frame))
+
+        return write_frame
+
+    async def send_text(_: bytes, text: str) -> None:
+        await send({"type": "websocket.send", "text": text})
+
+    return send_text
+
+
+async def _refuse(scope: Scope, send: Send, problem: Problem) -> None:
+    """Answer the handshake with an HTTP problem (the ASGI websocket.http.response extension)."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = problem_document(problem.status, problem.detail)
+    headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "websocket.http.response.start", "status": problem.status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
 @blueprint.get("/events")
 async def events() -> Response:
     """Server-Sent Events stream (``id: <seq>``, ``event: message``, ``: ping``)."""
-    _check_origin(request.headers)
+    _check_origin(request.headers, services().settings.allowed_origins)
     # The browser's EventSource sends Last-Event-ID on reconnect (HTML Living Standard §9.2).
     last_event_id = request.headers.get("Last-Event-ID")
     if last_event_id:

@@ -13,8 +13,9 @@ from hypercorn.config import Config
 from hypercorn.typing import ASGIFramework
 
 from .app import close_streams, create_app
+from .asgi import ASGIApp
 from .config import Settings
-from .ingest import IngestShortcut
+from .front import Front
 
 # Clients only send tiny control messages; a larger one closes the connection (SPEC §4).
 MAX_INCOMING_WS_BYTES = 4096
@@ -47,8 +48,8 @@ async def serve(settings: Settings) -> None:
         await stopping.wait()
         close_streams(app)
 
-    # Ingest skips Quart's per-request machinery (see ingest.py); everything else is Quart.
-    served = cast(ASGIFramework, IngestShortcut(app, app.extensions))
+    # Ingest and WebSocket streams are served in front of Quart (see front.py).
+    served = cast(ASGIFramework, Front(cast(ASGIApp, app), app.extensions))
     await hypercorn_serve(served, hypercorn_config(settings), shutdown_trigger=shutdown_trigger)
 
 
