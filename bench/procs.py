@@ -138,7 +138,9 @@ def free_port() -> int:
         return port
 
 
-def wait_until(condition: Callable[[], Any], timeout_s: float, interval_s: float = 0.05, what: str = "") -> Any:
+def wait_until(
+    condition: Callable[[], Any], timeout_s: float, interval_s: float = 0.05, what: str = ""
+) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
         value = condition()
@@ -196,8 +198,25 @@ def children_of(pid: int) -> dict[int, str]:
     return found
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all cores, /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+def cpu_pressure_us() -> int | None:
+    """Total time some task waited for a CPU (PSI), if the kernel reports it."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        return None
+    return int(line.rsplit("total=", 1)[1])
+
+
 class CpuMeter:
-    """CPU seconds used by a set of processes between start() and stop()."""
+    """CPU seconds used by a set of processes between start() and stop(), and how busy the
+    whole machine was meanwhile (this machine is shared: other work shows up there)."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
@@ -205,16 +224,32 @@ class CpuMeter:
         self._t0 = 0.0
         self.seconds: dict[str, float] = {}
         self.wall_s = 0.0
+        self._machine0 = 0.0
+        self._psi0: int | None = None
+        self.machine_busy_percent = 0.0
+        self.cpu_pressure_percent: float | None = None
 
     def start(self) -> CpuMeter:
         self._t0 = time.monotonic()
         self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._machine0, self._psi0 = machine_busy_seconds(), cpu_pressure_us()
         return self
 
     def stop(self) -> CpuMeter:
         self.wall_s = time.monotonic() - self._t0
         self.seconds = {name: cpu_seconds(pid) - self._start[name] for name, pid in self.pids.items()}
+        self.machine_busy_percent = 100.0 * (machine_busy_seconds() - self._machine0) / self.wall_s
+        psi = cpu_pressure_us()
+        if psi is not None and self._psi0 is not None:
+            self.cpu_pressure_percent = 100.0 * (psi - self._psi0) / 1e6 / self.wall_s
         return self
+
+    def noise(self) -> dict[str, float | None]:
+        """Whole-machine busy % (of one core; 200 = both cores) and PSI 'some' CPU pressure %."""
+        return {
+            "machine_busy_percent": self.machine_busy_percent,
+            "cpu_pressure_percent": self.cpu_pressure_percent,
+        }
 
     def percent(self) -> dict[str, float]:
         return {name: 100.0 * s / self.wall_s for name, s in self.seconds.items()}
@@ -319,6 +354,33 @@ class RedisServer:
             self.process = None
 
 
+def redis_command_stats(address: Any) -> dict[str, int]:
+    """Calls per command since Redis started (INFO commandstats), by command name."""
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(address)
+        sock.sendall(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            header, _, rest = data.partition(b"\r\n")
+            if header.startswith(b"$") and len(rest) >= int(header[1:]) + 2:
+                break
+    stats: dict[str, int] = {}
+    for line in data.decode(errors="replace").splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, fields = line[len("cmdstat_") :].partition(":")
+            for field in fields.split(","):
+                key, _, value = field.partition("=")
+                if key == "calls":
+                    stats[name] = int(value)
+    return stats
+
+
 def _answers_ping(address: Any) -> bool:
     family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
     try:
@@ -363,12 +425,36 @@ class System:
     def db_path(self) -> Path:
         return self.data_dir / "pipeline.db"
 
+    @property
+    def redis_address(self) -> Any:
+        if self._redis is not None:
+            return ("127.0.0.1", self._redis.port)
+        sock = self.data_dir / "redis.sock"
+        if sock.exists():
+            return str(sock)
+        for line in self.log.read_text(errors="replace").splitlines():
+            if "private Redis at redis://" in line:
+                hostport = line.split("redis://", 1)[1].split("/", 1)[0]
+                host, _, port = hostport.rpartition(":")
+                return (host, int(port))
+        raise RuntimeError("cannot find the system's Redis")
+
     def start(self, timeout_s: float = 30.0) -> System:
+        try:
+            return self._start(timeout_s)
+        except BaseException:
+            self.keep_log()
+            self.stop()
+            raise
+
+    def _start(self, timeout_s: float) -> System:
         env = base_env(self.data_dir)
         if self.mode == "run.py":
             self._runpy = spawn([PYTHON, RUN_PY, "--port", str(self.port)], env=env, log=self.log)
             self.pids["run.py"] = self._runpy.pid
-            wait_until(lambda: self._runpy.poll() is not None or _port_open(self.port), timeout_s, what="run.py")
+            wait_until(
+                lambda: self._runpy.poll() is not None or _port_open(self.port), timeout_s, what="run.py"
+            )
             self._check_alive()
             children = children_of(self._runpy.pid)
             for pid, cmd in children.items():
@@ -408,6 +494,25 @@ class System:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+    def keep_log(self) -> Path | None:
+        """Copy this system's log to bench/results/logs/ (done when a scenario fails)."""
+        if not self.log.exists():
+            return None
+        target = ROOT / "bench" / "results" / "logs" / f"{self.data_dir.name}.log"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self.log, target)
+        return target
+
+    def __enter__(self) -> System:
+        return self
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
+        if kind is not None:
+            kept = self.keep_log()
+            if kept is not None:
+                print(f"  (system log kept in {kept})", file=sys.stderr)
+        self.stop()
 
     def stop(self) -> None:
         if self._runpy is not None:
