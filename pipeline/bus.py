@@ -31,6 +31,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # redis-py types its commands for both its sync and async clients (``Awaitable[T] | T``), hence
 # the few "type: ignore[misc]" where we await one.
@@ -115,8 +116,9 @@ def connect(url: str, *, timeout_s: float = REDIS_TIMEOUT_S, retry_dropped: bool
 class Unavailable(Exception):
     """Redis could not take the job (down, refusing, or too slow to answer).
 
-    ``outcome_known`` is False when a connection dropped after the script may have reached
-    Redis and no retry could settle it: the message may or may not have been queued.
+    ``outcome_known`` is False when the script may have run although no answer came (the
+    connection dropped after sending, or the answer was late): the caller must look whether the
+    job exists. Past the deadline, a script that has not run yet never writes anything.
     """
 
     def __init__(self, reason: str, *, outcome_known: bool = True) -> None:
@@ -188,7 +190,12 @@ class Enqueuer:
                 await asyncio.sleep(delay_s)
                 delay_s = min(max(delay_s * 2, 0.05), 0.4)
             except REDIS_ERRORS as exc:
-                raise Unavailable(f"{type(exc).__name__}: {exc}", outcome_known=not maybe_sent) from exc
+                # A timeout does not say whether the script ran in time and only its answer was
+                # late (a busy event loop reads late too): the caller has to ask.
+                timed_out = isinstance(exc, (RedisTimeoutError, asyncio.TimeoutError))
+                raise Unavailable(
+                    f"{type(exc).__name__}: {exc}", outcome_known=not (maybe_sent or timed_out)
+                ) from exc
         status = reply[0].decode()
         if status == "late":
             raise Unavailable(

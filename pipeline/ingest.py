@@ -20,11 +20,13 @@ from .asgi import Receive, Scope, Send
 from .messages import InvalidBody, new_id, parse_body, utc_timestamp
 from .problems import Problem, problem_document
 from .services import Services
+from .store import TRANSIENT_ERRORS
 
 INGEST_PATHS = frozenset({"/messages", "/json_dummy", "/json_dummy/"})
 RETRY_AFTER_S = "2"
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 BODY_TIMEOUT_S = 30.0
+SETTLE_TIMEOUT_S = 1.0
 
 
 @dataclass
@@ -35,6 +37,20 @@ class Answer:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
+
+
+async def _surely_not_queued(found: Services, message_id: str) -> bool | None:
+    """After an unclear enqueue: True if the message is not queued and never will be (its
+    deadline has passed: answer 503), False if it is queued or stored after all (answer 202),
+    None if that cannot be told either. Redis first: a job leaves it only once its row is
+    committed, so looking in that order cannot miss it."""
+    try:
+        async with asyncio.timeout(SETTLE_TIMEOUT_S):
+            if await bus.job_exists(found.redis, message_id):
+                return False
+            return await found.store.get(message_id) is None
+    except (*bus.REDIS_ERRORS, *TRANSIENT_ERRORS, TimeoutError):
+        return None
 
 
 def unavailable(what: str) -> Problem:
@@ -69,25 +85,27 @@ async def accept(found: Services, body: bytes, idempotency_key: str | None) -> A
         payload = parse_body(body)
     except InvalidBody as exc:
         raise Problem(400, str(exc)) from None
+    message_id, received_at = new_id(), utc_timestamp()
     try:
         accepted = await found.enqueuer.enqueue(
-            new_id(), payload, utc_timestamp(), idempotency_key=idempotency_key, body=body
+            message_id, payload, received_at, idempotency_key=idempotency_key, body=body
         )
     except bus.Unavailable as exc:
-        if exc.outcome_known:
+        not_queued = True if exc.outcome_known else await _surely_not_queued(found, message_id)
+        if not_queued is True:
             raise unavailable("The queue (Redis)") from None
-        raise Problem(
-            503,
-            "The connection to Redis dropped while the message was being queued, and Redis did not "
-            "come back in time: it may or may not have been queued. Send it again with the same "
-            "Idempotency-Key to have it stored exactly once.",
-            headers={"Retry-After": RETRY_AFTER_S},
-            extensions={"outcome": "unknown"},
-        ) from None
+        if not_queued is None:
+            raise Problem(
+                503,
+                "Redis stopped answering while the message was being queued: it may or may not "
+                "have been queued. Send it again with the same Idempotency-Key to have it stored "
+                "exactly once.",
+                headers={"Retry-After": RETRY_AFTER_S},
+                extensions={"outcome": "unknown"},
+            ) from None
+        accepted = bus.Accepted(message_id, received_at)
     except bus.IdempotencyConflict as exc:
-        raise Problem(
-            422, f"This Idempotency-Key was used for message {exc} with a different body."
-        ) from None
+        raise Problem(422, f"This Idempotency-Key was used for message {exc} with another body.") from None
     document = {"id": accepted.id, "status": "queued", "received_at": accepted.received_at}
     return Answer(202, orjson.dumps(document), {"Location": f"/messages/{accepted.id}"})
 
