@@ -27,6 +27,7 @@ RETRY_AFTER_S = "2"
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 BODY_TIMEOUT_S = 30.0
 SETTLE_TIMEOUT_S = 1.0
+_SETTLE_ERRORS: tuple[type[BaseException], ...] = (*bus.REDIS_ERRORS, *TRANSIENT_ERRORS, TimeoutError)
 
 
 @dataclass
@@ -49,7 +50,7 @@ async def _surely_not_queued(found: Services, message_id: str) -> bool | None:
             if await bus.job_exists(found.redis, message_id):
                 return False
             return await found.store.get(message_id) is None
-    except (*bus.REDIS_ERRORS, *TRANSIENT_ERRORS, TimeoutError):
+    except _SETTLE_ERRORS:
         return None
 
 
