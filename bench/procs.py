@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from pipeline.local_redis import answers_ping, find_redis_server
+
 ROOT = Path(__file__).resolve().parent.parent
 RUN_PY = str(ROOT / "run.py")
 PYTHON = sys.executable
@@ -291,11 +293,6 @@ def healthy(port: int) -> bool:
 
 # Redis -----------------------------------------------------------------------------------
 def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    from pipeline.local_redis import find_redis_server
-
     return find_redis_server()
 
 
@@ -345,7 +342,7 @@ class RedisServer:
             self.url = f"redis://127.0.0.1:{self.port}/0"
             address = ("127.0.0.1", self.port)
         self.process = spawn(args, stdout=subprocess.DEVNULL)
-        wait_until(lambda: _answers_ping(address), 20, what="redis-server")
+        wait_until(lambda: answers_ping(address), 20, what="redis-server")
         return self
 
     def stop(self) -> None:
@@ -379,18 +376,6 @@ def redis_command_stats(address: Any) -> dict[str, int]:
                 if key == "calls":
                     stats[name] = int(value)
     return stats
-
-
-def _answers_ping(address: Any) -> bool:
-    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(0.5)
-            sock.connect(address)
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 # The system under test -------------------------------------------------------------------

@@ -86,7 +86,7 @@ class LocalRedis:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited at start; see {self.data_dir / 'redis.log'}")
-            if _answers_ping(address):
+            if answers_ping(address):
                 return
             time.sleep(0.05)
         raise RuntimeError(f"redis-server did not answer within {_START_TIMEOUT_S:.0f}s")
@@ -98,7 +98,8 @@ class LocalRedis:
             self.process = None
 
 
-def _answers_ping(address: str | tuple[str, int]) -> bool:
+def answers_ping(address: str | tuple[str, int]) -> bool:
+    """True if a Redis at ``address`` (a socket path, or host and port) answers PING."""
     family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as sock:

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import httpx
 
-from pipeline.local_redis import find_redis_server
+from pipeline.local_redis import answers_ping, find_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_PY = str(ROOT / "run.py")
@@ -93,12 +93,7 @@ class RedisServer:
         return self
 
     def answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        return answers_ping(("127.0.0.1", self.port))
 
     def command(self, *args: str) -> bytes:
         """Send one command and return the raw reply (tests use it to look inside)."""
