@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "web":
         from pipeline import web
 
-        web.run(settings)
+        web.run(settings, share_port=args.share_port)
         return 0
     if args.command == "worker":
         from pipeline import worker
@@ -81,6 +81,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", help="address the web process listens on (default $HOST or 127.0.0.1)")
     parser.add_argument("--port", type=_port, help="port the web process listens on (default $PORT or 3579)")
+    parser.add_argument(
+        "--share-port",
+        action="store_true",
+        help="web: share the port with other web processes (what run.py does for WEB_CONCURRENCY > 1)",
+    )
     return parser.parse_args(argv)
 
 
@@ -170,13 +175,14 @@ def run_all(settings: Settings) -> int:
         if release(settings) != 0:
             return 1
         env = child_environ(settings)
-        children = {
-            "worker": _Child([sys.executable, str(HERE / "run.py"), "worker"], env),
-            "web": _Child([sys.executable, str(HERE / "run.py"), "web"], env),
-        }
+        web = [sys.executable, str(HERE / "run.py"), "web"]
+        if settings.web_concurrency > 1:
+            web.append("--share-port")
+        children = {f"web.{number}": _Child(web, env) for number in range(1, settings.web_concurrency + 1)}
+        children["worker"] = _Child([sys.executable, str(HERE / "run.py"), "worker"], env)
         for child in children.values():
             child.start()
-        if not _wait_for_port(settings, children["web"], lambda: stopping):
+        if not _wait_for_port(settings, children["web.1"], lambda: stopping):
             return 1
         url = f"http://{_display_host(settings.host)}:{settings.port}/"
         print(f"Pipeline running at {url}  (Ctrl-C to stop)", flush=True)

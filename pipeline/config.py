@@ -36,6 +36,8 @@ class Settings:
     # None means "the page's own host only"; "*" in the set allows any origin.
     allowed_origins: frozenset[str] | None = None
     ping_interval_s: float = 15.0
+    # How many web processes run.py starts on the one port (Heroku's name for it).
+    web_concurrency: int = 1
     # Worker tuning: concurrent jobs per worker process, and how a failing store retries.
     worker_max_jobs: int = 200
     store_max_tries: int = 12
@@ -70,6 +72,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ingest_token=get("INGEST_TOKEN"),
         allowed_origins=_origins(get("ALLOWED_ORIGINS")),
         ping_interval_s=_float("PING_INTERVAL_S", get("PING_INTERVAL_S"), 15.0, low=0.05),
+        web_concurrency=_int("WEB_CONCURRENCY", get("WEB_CONCURRENCY"), 1, low=1, high=64),
         worker_max_jobs=_int("WORKER_MAX_JOBS", get("WORKER_MAX_JOBS"), 200, low=1, high=10_000),
         store_max_tries=_int("STORE_MAX_TRIES", get("STORE_MAX_TRIES"), 12, low=1, high=1000),
         store_retry_base_s=_float("STORE_RETRY_BASE_S", get("STORE_RETRY_BASE_S"), 0.25, low=0.0),
@@ -169,6 +172,7 @@ def child_environ(settings: Settings, environ: Mapping[str, str] | None = None) 
         DATABASE_URL=settings.database_url,
         MAX_BODY_BYTES=str(settings.max_body_bytes),
         PING_INTERVAL_S=str(settings.ping_interval_s),
+        WEB_CONCURRENCY=str(settings.web_concurrency),
         WORKER_MAX_JOBS=str(settings.worker_max_jobs),
         STORE_MAX_TRIES=str(settings.store_max_tries),
         STORE_RETRY_BASE_S=str(settings.store_retry_base_s),

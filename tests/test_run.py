@@ -131,3 +131,31 @@ def test_the_port_flag_overrides_the_environment(tmp_path: Path) -> None:
         assert httpx.get(f"{runner.url}/healthz", timeout=10).status_code == 200
     finally:
         runner.stop()
+
+
+def test_web_concurrency_starts_several_web_processes_on_one_port(tmp_path: Path) -> None:
+    runner = RunPy(tmp_path / "data", free_port(), WEB_CONCURRENCY="2")
+    try:
+        runner.start()
+        webs = [pid for pid in runner.descendants() if _cmdline(pid)[-2:] == [b"web", b"--share-port"]]
+        assert len(webs) == 2
+        with httpx.Client(base_url=runner.url, timeout=10) as client:
+            with connect(runner.url.replace("http", "ws") + "/ws") as ws:
+                # Fresh connections land on either process; every one of them must work.
+                for n in range(20):
+                    with httpx.Client(base_url=runner.url, timeout=10) as fresh:
+                        assert send(fresh, n).status_code == 202
+                received = [json.loads(ws.recv(timeout=10))["data"]["payload"] for _ in range(20)]
+            assert received == list(range(20))
+            assert [row["payload"] for row in wait_stored(client, 20)] == list(range(20))
+        assert runner.interrupt() < 5
+        assert not [pid for pid in webs if alive(pid)]
+    finally:
+        runner.stop()
+
+
+def _cmdline(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    except OSError:
+        return []
