@@ -181,10 +181,9 @@ async def _stream_frames(found: Services, after: int | None, write: FrameWriter,
             async for batch in stream:
                 if batch is None:
                     ping = _ping(found)
-                    await write(websocket_frame(ping), ping)
-                    continue
-                for item in batch:
-                    await write(item.ws_frame, item.ws_text)
+                    await write([(websocket_frame(ping), ping)])
+                else:
+                    await write([(item.ws_frame, item.ws_text) for item in batch])
     except Overflow:
         await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER, "reason": _TOO_SLOW})
     except Closed:
@@ -196,24 +195,28 @@ async def _until_disconnect(receive: Receive) -> None:
         pass  # clients have nothing to say (hypercorn caps the size of a message; web.py)
 
 
-FrameWriter = Callable[[bytes, str], Awaitable[None]]
+# Writes frames, each given as its encoded bytes and its text.
+FrameWriter = Callable[[list[tuple[bytes, str]]], Awaitable[None]]
 
 
 def _frame_writer(send: Send) -> FrameWriter:
     stream = getattr(send, "__self__", None)
     if isinstance(stream, WSStream):
 
-        async def write_frame(frame: bytes, _: str) -> None:
+        async def write_frames(frames: list[tuple[bytes, str]]) -> None:
             if stream.closed:
                 raise ConnectionError("the WebSocket is closed")
-            await stream.send(Data(stream_id=stream.stream_id, data=frame))
+            # Whatever queued up for this connection goes out in one write.
+            data = frames[0][0] if len(frames) == 1 else b"".join(frame for frame, _ in frames)
+            await stream.send(Data(stream_id=stream.stream_id, data=data))
 
-        return write_frame
+        return write_frames
 
-    async def send_text(_: bytes, text: str) -> None:
-        await send({"type": "websocket.send", "text": text})
+    async def send_texts(frames: list[tuple[bytes, str]]) -> None:
+        for _, text in frames:
+            await send({"type": "websocket.send", "text": text})
 
-    return send_text
+    return send_texts
 
 
 async def _refuse(scope: Scope, send: Send, problem: Problem) -> None:
