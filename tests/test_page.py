@@ -129,6 +129,7 @@ class Watched:
         self.requests: list[tuple[str, str]] = []
         self.websockets: list[str] = []
         self.websocket_log: list[dict[str, object]] = []
+        self.console_log: list[str] = []
         page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
         page.on("console", self._console)
         page.on("dialog", self._dialog)
@@ -151,6 +152,11 @@ class Watched:
         websocket.on("socketerror", lambda error: seen.update(error=error))
 
     def _console(self, message: ConsoleMessage) -> None:
+        self.console_log = [*self.console_log[-30:], f"{message.type}: {message.text}"]
+        if message.type == "warning" and message.text.startswith("pipeline:"):
+            # The page's own complaints (a frame it could not parse, a malformed message).
+            self.problems.append(f"console warning: {message.text}")
+            return
         if message.type != "error":
             return
         url = message.location.get("url", "")
@@ -201,7 +207,7 @@ class Watched:
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"page: not {what} within {timeout_s}s; page state: {self.state()};"
-                    f" its WebSockets: {self.websocket_log}"
+                    f" its WebSockets: {self.websocket_log}; its console: {self.console_log}"
                 )
             self.page.wait_for_timeout(50)  # lets Playwright dispatch page events meanwhile
 
