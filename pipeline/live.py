@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
@@ -25,6 +26,7 @@ from .problems import Problem, problem_document
 from .services import Services, services
 from .store import Store
 
+logger = logging.getLogger(__name__)
 blueprint = Blueprint("live", __name__)
 
 _REPLAY_PAGE = 1000
@@ -172,7 +174,12 @@ async def serve_websocket(found: Services, scope: Scope, receive: Receive, send:
     finally:
         for task in (streaming, listening):
             task.cancel()
-        await asyncio.gather(streaming, listening, return_exceptions=True)
+        outcomes = await asyncio.gather(streaming, listening, return_exceptions=True)
+    for outcome in outcomes:
+        # A connection that went away is ordinary; anything else is a bug worth a traceback.
+        # (Returning without a close makes hypercorn close the socket with 1011.)
+        if isinstance(outcome, Exception) and not isinstance(outcome, ConnectionError):
+            logger.error("WebSocket stream failed", exc_info=outcome)
 
 
 async def _stream_frames(found: Services, after: int | None, write: FrameWriter, send: Send) -> None:
