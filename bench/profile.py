@@ -133,17 +133,23 @@ def make_hook(
                 procs.spawn(args, stdout=subprocess.DEVNULL, log=out_dir / f"{scenario}-{name}.log")
             )
 
-        def finish() -> None:
-            for recorder in recorders:
-                try:
-                    recorder.wait(seconds + 30)
-                except subprocess.TimeoutExpired:
-                    pass
-                procs.stop(recorder)
-
-        return finish
+        return _waiter(recorders, seconds)
 
     return hook
+
+
+def _waiter(recorders: list[subprocess.Popen[bytes]], seconds: float) -> Callable[[], None]:
+    """Waits for the py-spy recorders to finish their ``seconds`` (stopping any that hang)."""
+
+    def finish() -> None:
+        for recorder in recorders:
+            try:
+                recorder.wait(seconds + 30)
+            except subprocess.TimeoutExpired:
+                pass
+            procs.stop(recorder)
+
+    return finish
 
 
 def _parse_frame(frame: str) -> tuple[str, str]:
@@ -355,15 +361,7 @@ def make_svg_hook(out_dir: Path, scenario: str, seconds: float, rate: int) -> Ca
             for name in targets
         ]
 
-        def finish() -> None:
-            for recorder in recorders:
-                try:
-                    recorder.wait(seconds + 30)
-                except subprocess.TimeoutExpired:
-                    pass
-                procs.stop(recorder)
-
-        return finish
+        return _waiter(recorders, seconds)
 
     return hook
 
