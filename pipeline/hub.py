@@ -27,6 +27,7 @@ from arq.connections import ArqRedis
 from . import bus
 from .messages import Message, render, seq_of, unpack
 from .store import TRANSIENT_ERRORS, Store
+from .tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +130,10 @@ class Subscription:
     async def wait(self, timeout_s: float | None = None) -> list[Delivery]:
         """Wait until something is queued (or ``timeout_s`` passes) and take it all."""
         if not self._items and self._error is None:
+            # asyncio.timeout, not wait_for, which can swallow a cancellation on 3.11.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await self._ready.wait()
         return self.take_pending()
 
     def backlog(self) -> int:
@@ -174,11 +177,7 @@ class Hub:
 
     async def stop(self) -> None:
         """Stop following and end every subscription."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         self.close_all()
 

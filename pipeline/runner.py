@@ -31,6 +31,7 @@ from arq.utils import ms_to_datetime, timestamp_ms
 from arq.worker import Worker
 
 from . import bus
+from .tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class BatchingWorker(Worker):
         self._claim = self.pool.register_script(_CLAIM_SCRIPT)
         self._outcomes = _Outcomes()
         self._outcomes_ready = asyncio.Event()
+        self._closing = False
 
     async def main(self) -> None:
         """Poll when woken; ride out Redis outages instead of exiting."""
@@ -96,7 +98,11 @@ class BatchingWorker(Worker):
         ]
         backoff_s = 0.1
         try:
-            while True:
+            # On SIGTERM/SIGINT arq stops picking jobs (allow_pick_jobs) and, after its grace
+            # period, cancels this task. Ending by itself once the running jobs are done does not
+            # depend on that cancellation arriving: on 3.11 one can get lost inside the awaits
+            # below, and the worker would never exit.
+            while self.allow_pick_jobs or self.tasks:
                 self._wake.clear()
                 try:
                     await self._poll_iteration()
@@ -106,14 +112,14 @@ class BatchingWorker(Worker):
                     await asyncio.sleep(backoff_s)
                     backoff_s = min(backoff_s * 2, 5.0)
                     continue
+                delay_s = self.poll_delay_s if self.allow_pick_jobs else 0.05
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
+                    async with asyncio.timeout(delay_s):
+                        await self._wake.wait()
         finally:
-            for helper in helpers:
-                helper.cancel()
-            for helper in helpers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await helper
+            self._closing = True
+            self._outcomes_ready.set()
+            await cancel_and_wait(helpers)
 
     async def _wait_for_redis(self) -> None:
         backoff_s = 0.1
@@ -175,7 +181,8 @@ class BatchingWorker(Worker):
         }
         timeout_s = function.timeout_s or self.job_timeout_s
         try:
-            await asyncio.wait_for(function.coroutine(ctx, *args, **kwargs), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await function.coroutine(ctx, *args, **kwargs)
         except Retry as retry:
             self.jobs_retried += 1
             self._record("retry", job_id, (retry.defer_score or 0) + timestamp_ms() - score)
@@ -204,7 +211,7 @@ class BatchingWorker(Worker):
         self._outcomes_ready.set()
 
     async def _write_outcomes_forever(self) -> None:
-        while True:
+        while not self._closing:
             await self._outcomes_ready.wait()
             try:
                 await self._write_outcomes()
@@ -237,6 +244,12 @@ class BatchingWorker(Worker):
         """Let running jobs end, write back their outcomes, then arq's own shutdown."""
         if self._pool is not None:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            for job_id, task in self.tasks.items():
+                # Cancelled before it began: hand the job back like any interrupted one.
+                if task.cancelled():
+                    self._record("released", job_id)
+            # All ended; arq's close would gather them again and re-raise their cancellation.
+            self.tasks.clear()
             with contextlib.suppress(*bus.REDIS_ERRORS):
                 await self._write_outcomes()
         await super().close()

@@ -8,7 +8,6 @@ lets each job return. One writer per worker process keeps writes in one place an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -17,6 +16,7 @@ from arq.connections import ArqRedis
 from . import bus
 from .messages import Message, pack, render
 from .store import Store
+from .tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,7 @@ class Writer:
     async def stop(self) -> None:
         """Stop writing (pending saves fail with CancelledError, and their jobs retry)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
 
     async def save(self, row: Row) -> Message:
         """Store one row and return it as stored (once committed and announced)."""
