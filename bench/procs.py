@@ -292,13 +292,9 @@ def healthy(port: int) -> bool:
 
 
 # Redis -----------------------------------------------------------------------------------
-def redis_server_binary() -> str:
-    return find_redis_server()
-
-
 def redis_version() -> str:
     try:
-        out = subprocess.run([redis_server_binary(), "--version"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run([find_redis_server(), "--version"], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     for part in out.stdout.split():
@@ -308,22 +304,19 @@ def redis_version() -> str:
 
 
 class RedisServer:
-    """A private redis-server, configured like run.py's own (append-only, fsync every second).
+    """A private redis-server on a free loopback TCP port (as a Procfile deployment reaches a
+    Redis over the network), configured like run.py's own (append-only, fsync every second).
+    For run.py's own Unix-socket Redis, use ``pipeline.local_redis.LocalRedis``."""
 
-    ``unix=True`` listens on a Unix socket (as run.py's private Redis does); otherwise on a
-    free loopback TCP port (as a Procfile deployment reaches a Redis over the network).
-    """
-
-    def __init__(self, directory: Path, *, unix: bool) -> None:
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.unix = unix
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.url = ""
 
     def start(self) -> RedisServer:
         args = [
-            redis_server_binary(),
+            find_redis_server(),
             "--dir", str(self.directory),
             "--appendonly", "yes",
             "--appendfsync", "everysec",
@@ -331,18 +324,11 @@ class RedisServer:
             "--logfile", str(self.directory / "redis.log"),
             "--daemonize", "no",
         ]  # fmt: skip
-        if self.unix:
-            sock = self.directory / "redis.sock"
-            args += ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
-            self.url = f"unix://{sock}"
-            address: Any = str(sock)
-        else:
-            self.port = free_port()
-            args += ["--port", str(self.port), "--bind", "127.0.0.1"]
-            self.url = f"redis://127.0.0.1:{self.port}/0"
-            address = ("127.0.0.1", self.port)
+        self.port = free_port()
+        args += ["--port", str(self.port), "--bind", "127.0.0.1"]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = spawn(args, stdout=subprocess.DEVNULL)
-        wait_until(lambda: answers_ping(address), 20, what="redis-server")
+        wait_until(lambda: answers_ping(("127.0.0.1", self.port)), 20, what="redis-server")
         return self
 
     def stop(self) -> None:
@@ -451,7 +437,7 @@ class System:
                     self.pids["web"] = pid
                 self.commands[str(pid)] = cmd
         else:
-            self._redis = RedisServer(self.data_dir, unix=False).start()
+            self._redis = RedisServer(self.data_dir).start()
             assert self._redis.process is not None
             self.pids["redis"] = self._redis.process.pid
             env["REDIS_URL"] = self._redis.url

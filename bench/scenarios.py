@@ -29,7 +29,8 @@ import uvloop
 
 from bench import procs
 from bench.clients import HttpPool
-from bench.procs import PYTHON, CpuMeter, RedisServer, System, spawn, stop, temp_dir
+from bench.procs import PYTHON, CpuMeter, System, spawn, stop, temp_dir
+from pipeline.local_redis import LocalRedis
 
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "ingest.lua"
@@ -113,7 +114,8 @@ def ingest_ceiling(kind: str, cfg: Config) -> dict[str, Any]:
         args = [PYTHON, "-m", "bench.ceiling", kind, "--port", str(port)]
         pids: dict[str, int] = {}
         if kind == "enqueue":
-            redis = RedisServer(directory, unix=True).start()
+            redis = LocalRedis(directory)
+            redis.start()
             assert redis.process is not None
             args += ["--redis-url", redis.url]
             pids["redis"] = redis.process.pid
@@ -246,7 +248,8 @@ def ingest_split(cfg: Config, hook: Hook | None = None, worker_hook: Hook | None
     configured like run.py's). Shows each process's own ceiling, without the other competing
     for the two cores."""
     directory = temp_dir("split")
-    redis = RedisServer(directory, unix=True).start()
+    redis = LocalRedis(directory)
+    redis.start()
     env = procs.base_env(directory)
     env["REDIS_URL"] = redis.url
     port = procs.free_port()

@@ -136,7 +136,6 @@ class Accepted:
 
     id: str
     received_at: str
-    replayed: bool = False
 
 
 class Enqueuer:
@@ -207,7 +206,7 @@ class Enqueuer:
                 return Accepted(message_id, received_at)
             if previous_digest != digest:
                 raise IdempotencyConflict(previous_id)
-            return Accepted(previous_id, previous_received_at, replayed=True)
+            return Accepted(previous_id, previous_received_at)
         return Accepted(message_id, received_at)
 
     async def _run_script(

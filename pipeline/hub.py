@@ -136,10 +136,6 @@ class Subscription:
                     await self._ready.wait()
         return self.take_pending()
 
-    def backlog(self) -> int:
-        """How many deliveries wait in the buffer."""
-        return len(self._items)
-
 
 class Hub:
     """Owns this process's subscription to stored messages and its subscribers."""
