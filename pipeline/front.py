@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .asgi import ASGIApp, Receive, Scope, Send
-from .ingest import INGEST_PATHS, serve_ingest
+from .ingest import ingest_channel, serve_ingest
 from .live import WEBSOCKET_PATHS, serve_websocket
 from .services import EXTENSION_KEY, Services
 
@@ -30,8 +30,9 @@ class Front:
         found: Services | None = self._extensions.get(EXTENSION_KEY)
         if found is not None:
             kind, path = scope["type"], scope.get("path")
-            if kind == "http" and scope["method"] in ("POST", "PUT") and path in INGEST_PATHS:
-                await serve_ingest(found, scope, receive, send)
+            channel = ingest_channel(path) if kind == "http" else None
+            if channel is not None and scope["method"] in ("POST", "PUT"):
+                await serve_ingest(found, scope, receive, send, channel)
                 return
             if kind == "websocket" and path in WEBSOCKET_PATHS:
                 await serve_websocket(found, scope, receive, send)
