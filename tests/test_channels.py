@@ -258,7 +258,10 @@ class ChannelFollower(threading.Thread):
 
     def _ws(self, url: str) -> None:
         start = len(self.received)
-        with connect(url.replace("http://", "ws://") + "/ws" + self._query(), open_timeout=5) as ws:
+        # max_queue=None: with a bounded queue, websockets stops reading the socket while frames
+        # wait unread, and closing then hangs waiting for a close frame it never reads.
+        target = url.replace("http://", "ws://") + "/ws" + self._query()
+        with connect(target, open_timeout=5, max_queue=None) as ws:
             self.connected.set()
             while not self._stop_event.is_set() and not self._hop_due(start):
                 try:
@@ -311,7 +314,16 @@ class ChannelFollower(threading.Thread):
 
     def wait_for(self, ids: list[str], timeout_s: float = 40) -> None:
         wanted = set(ids)
-        wait_until(lambda: wanted <= {m["id"] for m in self.received}, timeout_s=timeout_s, interval_s=0.1)
+        try:
+            wait_until(lambda: wanted <= {m["id"] for m in self.received}, timeout_s=timeout_s, interval_s=0.1)
+        except AssertionError:
+            got = {m["id"] for m in self.received}
+            missing = [i for i in ids if i not in got]
+            raise AssertionError(
+                f"{self.transport} {self.channels}: {len(missing)} of {len(ids)} missing (first "
+                f"{missing[:3]}), received {len(self.received)}, last_seq {self.last_seq}, "
+                f"connections {self.connections}, alive {self.is_alive()}"
+            ) from None
         time.sleep(0.3)  # a duplicate right behind the last one would show now
 
     def stop(self) -> None:
