@@ -14,7 +14,6 @@ from hypercorn.config import Config
 from hypercorn.typing import ASGIFramework
 
 from .app import close_streams, create_app
-from .asgi import ASGIApp
 from .config import Settings
 from .front import Front
 
@@ -63,7 +62,7 @@ async def serve(settings: Settings, *, share_port: bool = False) -> None:
         close_streams(app)
 
     # Ingest and WebSocket streams are served in front of Quart (see front.py).
-    served = cast(ASGIFramework, Front(cast(ASGIApp, app), app.extensions))
+    served = cast(ASGIFramework, Front(app))
     listener = shared_listener(settings.host, settings.port) if share_port else None
     config = hypercorn_config(settings, shared_port=listener)
     await hypercorn_serve(served, config, shutdown_trigger=shutdown_trigger)
