@@ -4,6 +4,9 @@ Both share :func:`follow`: replay what is stored after the client's ``seq`` from
 database, subscribe to the hub, replay once more to close the race between the two, then
 pass on live deliveries, dropping any ``seq`` already sent. Each stream therefore sees
 strictly increasing ``seq``, none twice and none missed, whichever process it reaches.
+
+The WebSocket writer uses hypercorn's internals (``WSStream``, its ``send``, ``stream_id`` and
+``closed``, the ``Data`` event, ``send.__self__``): ``contracts.py`` lists them and checks them.
 """
 
 from __future__ import annotations

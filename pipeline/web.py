@@ -13,6 +13,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 from hypercorn.typing import ASGIFramework
 
+from . import contracts
 from .app import close_streams, create_app
 from .config import Settings
 from .front import Front
@@ -51,6 +52,7 @@ def shared_listener(host: str, port: int) -> socket.socket:
 
 async def serve(settings: Settings, *, share_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT, then close streams and stop accepting."""
+    await contracts.check_redis()
     app = create_app(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -70,4 +72,5 @@ async def serve(settings: Settings, *, share_port: bool = False) -> None:
 
 def run(settings: Settings, *, share_port: bool = False) -> None:
     """Run one web process."""
+    contracts.check()
     uvloop.run(serve(settings, share_port=share_port))
