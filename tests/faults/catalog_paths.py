@@ -11,7 +11,7 @@ FAULTS: list[Fault] = [
         find="    if isinstance(stream, WSStream):",
         replace="    if isinstance(stream, WSStream) and False:",
         tests=("tests/test_front.py::test_websocket_streams_use_the_raw_frame_writer_under_hypercorn",),
-        guarantee="Under hypercorn, WebSocket frames go out through the raw-frame writer, and /healthz says so",
+        guarantee="Under hypercorn, WebSocket frames go out by the raw-frame writer; /healthz says so",
     ),
     Fault(
         name="fast-path-error-wrapper-removed",
@@ -41,7 +41,9 @@ FAULTS: list[Fault] = [
         path="pipeline/front.py",
         find="        for route in routes:\n            for path in route.paths:\n",
         replace="        for route in ():\n            for path in route.paths:\n",
-        tests=("tests/test_front.py::test_other_methods_on_the_fast_paths_are_405_naming_every_allowed_method",),
+        tests=(
+            "tests/test_front.py::test_other_methods_on_the_fast_paths_are_405_naming_every_allowed_method",
+        ),
         guarantee="Other methods on the ingest paths answer 405 with Allow naming POST and PUT",
     ),
     Fault(
