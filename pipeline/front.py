@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from quart import Quart
 
-from .asgi import ASGIApp, Message, Receive, Scope, Send
+from .asgi import ASGIApp, Receive, Scope, Send
 from .ingest import serve_ingest
 from .live import CLOSE_TRY_AGAIN_LATER, serve_websocket
 from .problems import problem_document
@@ -81,51 +81,37 @@ class Front:
                 )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        handler = self._handlers.get((kind, scope.get("method", "GET"), scope.get("path", "")))
+        handler = self._handlers.get((scope["type"], scope.get("method", "GET"), scope.get("path", "")))
         if handler is None:
             await self.app(scope, receive, send)
-        elif kind == "http":
-            await self._serve_http(handler, scope, receive, send)
-        else:
-            await self._serve_websocket(handler, scope, receive, send)
-
-    async def _serve_http(self, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+            return
         found: Services | None = self._extensions.get(EXTENSION_KEY)
         if found is None:
-            await _send_problem(send, 503, _NOT_SERVING, [(b"retry-after", b"2")])
+            await _refuse(scope, send, 503, _NOT_SERVING)
             return
         try:
-            await handler(found, scope, receive, tracked_send)
-        except Exception:
-            logger.exception("unexpected error serving %s %s", scope["method"], scope["path"])
-            if not started:
-                await _send_problem(send, 500, _UNEXPECTED)
-
-    async def _serve_websocket(self, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
-        # ``send`` is passed on as it is: the stream's raw-frame writer needs hypercorn's own.
-        found: Services | None = self._extensions.get(EXTENSION_KEY)
-        try:
-            if found is None:
-                await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})
-                return
+            # ``send`` is passed on as it is: the WebSocket raw-frame writer needs hypercorn's own.
             await handler(found, scope, receive, send)
         except Exception:
-            logger.exception("unexpected error serving WebSocket %s", scope["path"])
-            with contextlib.suppress(Exception):  # the connection may be gone already
-                await send({"type": "websocket.close", "code": _CLOSE_INTERNAL_ERROR})
+            logger.exception(
+                "unexpected error serving %s %s", scope.get("method", "WebSocket"), scope["path"]
+            )
+            await _refuse(scope, send, 500, _UNEXPECTED)
 
 
-async def _send_problem(
-    send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
+async def _refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
+    """Answer ``status`` as a problem, or close a WebSocket, as far as the connection still allows:
+    once a response has begun (or the client has gone) the server refuses another, and that is
+    the end of it."""
+    with contextlib.suppress(Exception):
+        if scope["type"] == "http":
+            await _send_problem(send, status, detail)
+        else:
+            code = CLOSE_TRY_AGAIN_LATER if status == 503 else _CLOSE_INTERNAL_ERROR
+            await send({"type": "websocket.close", "code": code})
+
+
+async def _send_problem(send: Send, status: int, detail: str) -> None:
     body = problem_document(status, detail)
     await send(
         {
@@ -135,7 +121,7 @@ async def _send_problem(
                 (b"content-type", b"application/problem+json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"x-content-type-options", b"nosniff"),
-                *(headers or []),
+                *([(b"retry-after", b"2")] if status == 503 else []),
             ],
         }
     )
