@@ -1,10 +1,9 @@
 """Ingest: accepting one JSON document.
 
 :func:`accept` is what ``POST``/``PUT /messages`` does: validate the body, queue it, and say
-what to answer (after :func:`check_token` and :func:`check_idempotency_key`). Quart's route
-(``api.ingest_route``) calls it, and so does :func:`serve_ingest`, the same thing at the ASGI
-level that ``front`` serves: Quart's per-request work was about 40% of the web process's CPU
-per message.
+what to answer (after :func:`check_token` and :func:`check_idempotency_key`).
+:func:`serve_ingest` is the route itself, at the ASGI level, in front of Quart (see
+``front.ROUTES``): Quart's per-request work was about 40% of the web process's CPU per message.
 """
 
 from __future__ import annotations
@@ -22,8 +21,9 @@ from .problems import Problem, problem_document
 from .services import Services
 from .store import TRANSIENT_ERRORS
 
-INGEST_PATHS = frozenset({"/messages", "/json_dummy", "/json_dummy/"})
-_CHANNEL_PREFIX, _CHANNEL_SUFFIX = "/channels/", "/messages"
+# Writes to one channel; front.ROUTES serves it with the paths that write to "default".
+CHANNEL_INGEST_PATH = "/channels/<name>/messages"
+_CHANNEL_PREFIX, _CHANNEL_SUFFIX = CHANNEL_INGEST_PATH.split("<name>")
 RETRY_AFTER_S = "2"
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 BODY_TIMEOUT_S = 30.0
@@ -81,16 +81,12 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
-def ingest_channel(path: str | None) -> str | None:
-    """The channel a write to ``path`` goes to (not yet checked), or None if it is no ingest path:
-    ``/channels/<name>/messages``, or ``default`` for the paths from before channels."""
-    if path in INGEST_PATHS:
-        return DEFAULT_CHANNEL
-    if path is not None and path.startswith(_CHANNEL_PREFIX) and path.endswith(_CHANNEL_SUFFIX):
-        name = path[len(_CHANNEL_PREFIX) : -len(_CHANNEL_SUFFIX)]
-        if name and "/" not in name:  # an encoded "/" arrives decoded: no route (404)
-            return name
-    return None
+def channel_of(path: str) -> str:
+    """The channel a write to ``path`` goes to (not yet checked): ``<name>`` of
+    ``/channels/<name>/messages``, ``default`` on the paths from before channels."""
+    if path.startswith(_CHANNEL_PREFIX) and path.endswith(_CHANNEL_SUFFIX):
+        return path[len(_CHANNEL_PREFIX) : -len(_CHANNEL_SUFFIX)]
+    return DEFAULT_CHANNEL
 
 
 async def accept(
@@ -126,16 +122,13 @@ async def accept(
     return Answer(202, orjson.dumps(document), {"Location": f"/messages/{accepted.id}"})
 
 
-async def serve_ingest(
-    found: Services, scope: Scope, receive: Receive, send: Send, channel: str = DEFAULT_CHANNEL
-) -> None:
-    """``POST``/``PUT`` on an ingest path at the ASGI level (see ``front``): what the Quart route
-    does, without the framework's per-request work. ``channel`` comes from the path."""
+async def serve_ingest(found: Services, scope: Scope, receive: Receive, send: Send) -> None:
+    """``POST``/``PUT`` on an ingest path, at the ASGI level (``front.ROUTES`` says which paths)."""
     headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
     try:
         check_token(found, headers.get("authorization"))
         key = check_idempotency_key(headers.get("idempotency-key"))
-        channels.check(channel)
+        channel = channels.check(channel_of(scope["path"]))
         body = await _read_body(receive, headers.get("content-length"), found.settings.max_body_bytes)
         if body is None:
             return  # the client went away

@@ -315,7 +315,7 @@ class ChannelFollower(threading.Thread):
     def wait_for(self, ids: list[str], timeout_s: float = 40) -> None:
         wanted = set(ids)
         try:
-            wait_until(lambda: wanted <= {m["id"] for m in self.received}, timeout_s=timeout_s, interval_s=0.1)
+            wait_until(lambda: wanted <= {m["id"] for m in self.received}, timeout_s, interval_s=0.1)
         except AssertionError:
             got = {m["id"] for m in self.received}
             missing = [i for i in ids if i not in got]
