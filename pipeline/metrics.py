@@ -211,7 +211,7 @@ def stored(messages: Iterable[Any], *, since: str) -> None:
     for message in messages:
         if message.persisted_at < since:
             continue
-        STORE_LATENCY.observe(max(0.0, _epoch_s(message.persisted_at) - _epoch_s(message.received_at)))
+        STORE_LATENCY.observe(max(0.0, _seconds_between(message.received_at, message.persisted_at)))
         count += 1
     MESSAGES_STORED.inc((), count)
 
@@ -240,9 +240,9 @@ def delivered(transport: str, items: Sequence[Any]) -> None:
         if received is None:
             if len(cache) >= _RECEIVED_CACHE_SIZE:
                 cache.clear()
-            # A rendered message ends '"received_at":"<27 chars>","persisted_at":"<27 chars>"}'.
-            received = cache[item.seq] = _epoch_s(item.text[-74:-47])
-        DELIVERY_LATENCY.observe(max(0.0, now - received), labels)
+            received = cache[item.seq] = received_at_s(item.text)
+        if received == received:  # not NaN
+            DELIVERY_LATENCY.observe(max(0.0, now - received), labels)
     DELIVERIES.inc(labels, len(items))
 
 
@@ -260,6 +260,26 @@ def closed_slow(transport: str) -> None:
     """A live stream is being closed because its client fell too far behind."""
     if _enabled:
         STREAMS_CLOSED_SLOW.inc((transport,))
+
+
+def received_at_s(rendered: str) -> float:
+    """A rendered message's ``received_at`` in seconds since the epoch (NaN if it is not there)."""
+    # It ends '"received_at":"<27 chars>","persisted_at":"<27 chars>"}': read it without parsing.
+    try:
+        return _epoch_s(rendered[-74:-47])
+    except ValueError:
+        return float("nan")
+
+
+def _seconds_between(earlier: str, later: str) -> float:
+    # Both are "YYYY-MM-DDTHH:MM:SS.ffffffZ"; on the same day the clock fields suffice (5x faster).
+    if earlier[:10] == later[:10]:
+        return _day_s(later) - _day_s(earlier)
+    return _epoch_s(later) - _epoch_s(earlier)
+
+
+def _day_s(timestamp: str) -> float:
+    return int(timestamp[11:13]) * 3600 + int(timestamp[14:16]) * 60 + float(timestamp[17:26])
 
 
 def _epoch_s(timestamp: str) -> float:

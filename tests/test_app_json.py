@@ -6,6 +6,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import Settings, load_settings
 
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PENDING = {"READ_TOKEN", "ALLOWED_HOSTS"}
 
 
-def _app() -> dict:  # type: ignore[type-arg]
+def _app() -> dict[str, Any]:
     return json.loads((ROOT / "app.json").read_text())
 
 
@@ -25,7 +26,7 @@ def _read_by_the_code() -> set[str]:
     return set(re.findall(r'\bget\("([A-Z][A-Z0-9_]*)"\)', source))
 
 
-def _provided_by_the_platform(app: dict) -> set[str]:  # type: ignore[type-arg]
+def _provided_by_the_platform(app: dict[str, Any]) -> set[str]:
     # Heroku sets PORT; an add-on attached "as" NAME sets NAME_URL.
     return {"PORT"} | {addon["as"] + "_URL" for addon in app["addons"]}
 

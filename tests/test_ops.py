@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -12,6 +13,8 @@ import pytest
 from websockets.sync.client import connect
 
 from pipeline.config import ConfigError, load_settings
+from pipeline.messages import Message, new_id, render, utc_timestamp
+from pipeline.metrics import _seconds_between, received_at_s
 from tests.support import Pipeline, RedisServer, RunPy, SSEReader, free_port, wait_stored, wait_until
 
 
@@ -212,6 +215,15 @@ def test_bad_settings_stop_with_one_line(name: str, raw: str) -> None:
         load_settings({name: raw})
     message = str(error.value)
     assert message.startswith(f"{name}:") and "\n" not in message
+
+
+def test_delivery_latency_reads_received_at_from_the_rendered_message() -> None:
+    message = Message(new_id(), 7, '{"received_at": "x"}', "2026-11-27T20:39:01.123456Z", utc_timestamp())
+    assert received_at_s(render(message)) == datetime(2026, 11, 27, 20, 39, 1, 123456, UTC).timestamp()
+    assert _seconds_between("2026-11-27T23:59:59.500000Z", "2026-11-28T00:00:00.250000Z") == 0.75
+    assert (
+        abs(_seconds_between("2026-11-27T20:39:01.123456Z", "2026-11-27T20:40:02.000000Z") - 60.876544) < 1e-6
+    )
 
 
 def test_defaults() -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from tests.faults import Fault
 
 _METRICS = "tests/test_ops.py::test_metrics_add_up_across_web_processes_and_the_worker"
-_SHEDDING = "tests/test_ops.py::test_shedding_refuses_writes_past_max_queue_depth_and_stores_nothing_it_refused"
+_SHEDDING = (
+    "tests/test_ops.py::test_shedding_refuses_writes_past_max_queue_depth_and_stores_nothing_it_refused"
+)
 
 FAULTS: list[Fault] = [
     Fault(
@@ -75,9 +77,14 @@ FAULTS: list[Fault] = [
     Fault(
         name="app-json-missing-a-setting",
         path="app.json",
-        find='    "MAX_QUEUE_DEPTH": {\n      "description": "Queued or running store jobs past which writes are '
-        'refused with 503 + Retry-After (problem type queue-full).",\n      "value": "100000",\n'
-        '      "required": false\n    },\n',
+        find=(
+            '    "MAX_QUEUE_DEPTH": {\n'
+            '      "description": "Queued or running store jobs past which writes are refused with 503 + '
+            'Retry-After (problem type queue-full).",\n'
+            '      "value": "100000",\n'
+            '      "required": false\n'
+            "    },\n"
+        ),
         replace="",
         tests=("tests/test_app_json.py::test_every_setting_the_code_reads_is_declared_and_nothing_else",),
         guarantee="app.json declares every setting the code reads",
