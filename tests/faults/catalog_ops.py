@@ -43,7 +43,7 @@ FAULTS: list[Fault] = [
         guarantee="/metrics includes the worker's stored count",
     ),
     Fault(
-        name="metrics-only-this-process",
+        name="counts-not-added-to-redis",
         path="pipeline/metrics.py",
         find="                            pipe.hincrby(TOTALS_KEY, field, amount)\n",
         replace="                            pass\n",
