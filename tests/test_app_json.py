@@ -11,9 +11,10 @@ from typing import Any
 from pipeline.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-# Settings of SPEC §8 that app.json declares and ACCESS's branch reads; not read on this branch
-# yet. The lead empties this set when that branch is merged.
-PENDING = {"READ_TOKEN", "ALLOWED_HOSTS"}
+# Settings of SPEC §8 that app.json declares and other branches read (ACCESS: READ_TOKEN,
+# ALLOWED_HOSTS; BOUNDS: MAX_STREAMS, MAX_BODIES_IN_FLIGHT_BYTES); not read on this branch yet.
+# The lead empties this set as those branches are merged.
+PENDING = {"READ_TOKEN", "ALLOWED_HOSTS", "MAX_STREAMS", "MAX_BODIES_IN_FLIGHT_BYTES"}
 
 
 def _app() -> dict[str, Any]:

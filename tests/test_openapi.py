@@ -15,8 +15,7 @@ import pytest
 from pipeline import openapi
 from pipeline.app import create_app
 from pipeline.config import Settings
-from pipeline.ingest import INGEST_PATHS
-from pipeline.live import WEBSOCKET_PATHS
+from pipeline import front
 from tests.support import Pipeline
 
 # Described by the contracts between helpers and built on other branches (CHANNELS, ACCESS): not
@@ -45,9 +44,22 @@ def _served() -> set[tuple[str, str]]:
         for method in rule.methods or ():
             if method not in ("HEAD", "OPTIONS"):
                 served.add((path, method.lower()))
-    served |= {(path, method) for path in INGEST_PATHS for method in ("post", "put")}
-    served |= {(path, "get") for path in WEBSOCKET_PATHS}
-    return served
+    return served | _served_in_front()
+
+
+def _served_in_front() -> set[tuple[str, str]]:
+    """What the ASGI layer before Quart serves (front.ROUTES once it is the route table)."""
+    routes = getattr(front, "ROUTES", None)
+    if routes is not None:
+        return {
+            (path, method.lower()) for route in routes for path in route.paths for method in route.methods
+        }
+    from pipeline.ingest import INGEST_PATHS
+    from pipeline.live import WEBSOCKET_PATHS
+
+    return {(path, method) for path in INGEST_PATHS for method in ("post", "put")} | {
+        (path, "get") for path in WEBSOCKET_PATHS
+    }
 
 
 def test_every_route_is_described_and_nothing_else() -> None:
