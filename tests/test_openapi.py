@@ -12,10 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline import openapi
+from pipeline import front, openapi
 from pipeline.app import create_app
 from pipeline.config import Settings
-from pipeline import front
 from tests.support import Pipeline
 
 # Described by the contracts between helpers and built on other branches (CHANNELS, ACCESS): not
