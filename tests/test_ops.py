@@ -150,6 +150,8 @@ def test_shedding_refuses_writes_past_max_queue_depth_and_stores_nothing_it_refu
         response = client.put("/messages", content=b"{}")
         assert response.status_code == 503
         assert response.json()["type"] == "/problems/redis-unavailable"
+        scrape = client.get("/metrics")
+        assert scrape.status_code == 503 and scrape.json()["type"] == "/problems/redis-unavailable"
 
 
 def test_ndjson_export_has_the_same_rows_one_per_line(client: httpx.Client) -> None:
