@@ -3,7 +3,10 @@ what /healthz adds, and the settings behind them."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -233,3 +236,41 @@ def test_defaults() -> None:
     assert settings.max_queue_depth == 100_000
     assert settings.retention_max_messages is None and settings.retention_max_age_s is None
     assert settings.metrics_enabled is True
+
+
+@pytest.mark.slow
+def test_a_stream_closed_as_too_slow_is_counted(service: tuple[Pipeline, httpx.Client]) -> None:
+    _, client = service
+    url = str(client.base_url).rstrip("/")
+    port = int(url.rsplit(":", 1)[1])
+    stalled = socket.socket()  # a WebSocket client that stops reading, with a tiny receive buffer
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    stalled.sendall(
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    try:
+        wait_until(lambda: _scrape(url).get('pipeline_open_streams{transport="ws"}') == 1.0)
+        padding = "x" * 20_000
+        for number in range(300):
+            assert (
+                client.put("/messages", content=json.dumps({"n": number, "pad": padding})).status_code == 202
+            )
+            time.sleep(0.01)
+        # Reading again lets the stuck write finish; the stream then finds its buffer overflowed.
+        stalled.settimeout(20)
+        while stalled.recv(1 << 20):
+            pass
+        samples = wait_until(
+            lambda: (
+                (s := _scrape(url)).get('pipeline_streams_closed_slow_total{transport="ws"}') == 1.0 and s
+            ),
+            timeout_s=30,
+            interval_s=0.5,
+        )
+        assert samples['pipeline_streams_closed_slow_total{transport="sse"}'] == 0
+        wait_until(lambda: _scrape(url).get('pipeline_open_streams{transport="ws"}') == 0.0, timeout_s=30)
+    finally:
+        stalled.close()

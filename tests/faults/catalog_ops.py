@@ -51,6 +51,14 @@ FAULTS: list[Fault] = [
         guarantee="A scrape of any web process shows every process's counts",
     ),
     Fault(
+        name="slow-close-not-counted",
+        path="pipeline/live.py",
+        find='        metrics.closed_slow("ws")\n',
+        replace="",
+        tests=("tests/test_ops.py::test_a_stream_closed_as_too_slow_is_counted",),
+        guarantee="/metrics counts streams closed as too slow",
+    ),
+    Fault(
         name="ndjson-without-trailing-newline",
         path="pipeline/export.py",
         find='NDJSON_LINES = Framing(NDJSON, b"", "", "\\n", "", b"")',
