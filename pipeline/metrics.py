@@ -36,6 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from . import bus
 from .tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TOTALS_KEY = "pipeline:metrics"
 PROCESSES_KEY = "pipeline:metrics:processes"
 PROCESS_KEY_PREFIX = "pipeline:metrics:process:"
-QUEUE_KEY = "arq:queue"  # arq's queue (bus.QUEUE_NAME); jobs stay in it until finished
+QUEUE_KEY = bus.QUEUE_NAME  # arq's queue: jobs stay in it until they are finished
 FLUSH_INTERVAL_S = 1.0
 # A process that has not reported for this long is gone; its gauges no longer count.
 PROCESS_TTL_S = 10
@@ -391,7 +392,7 @@ async def exposition(redis: ArqRedis, reporter: Reporter | None) -> bytes:
         pipe.hgetall(TOTALS_KEY)
         pipe.zremrangebyscore(PROCESSES_KEY, "-inf", now - PROCESS_TTL_S)
         pipe.zrange(PROCESSES_KEY, 0, -1)
-        pipe.hlen("pipeline:failed")
+        pipe.hlen(bus.FAILED_KEY)
         totals_raw, _, processes, failed_now = await pipe.execute()
     async with redis.pipeline(transaction=False) as pipe:
         for process in processes:
