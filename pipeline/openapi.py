@@ -454,6 +454,7 @@ def document() -> dict[str, Any]:
             "responses": {
                 "200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}},
                 "401": _problem_response("READ_TOKEN is set and no valid token or session came."),
+                "403": _problem_response("A browser request from an origin that is not allowed."),
                 "404": _problem_response("Metrics are turned off (METRICS=0)."),
                 "503": _problem_response("Redis did not answer.", "redis-unavailable", retry_after=True),
             },
@@ -469,6 +470,7 @@ def document() -> dict[str, Any]:
                     "description": "The problem type.",
                     "content": {"application/json": {"schema": _ref("ProblemType")}},
                 },
+                "401": _problem_response("READ_TOKEN is set and no valid token or session came."),
                 "404": _problem_response("No such problem type."),
             },
         }

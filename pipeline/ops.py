@@ -43,7 +43,8 @@ async def metrics_route() -> Response:
     reporter, settings = current_app.extensions[_REPORTER_KEY]
     if not settings.metrics_enabled:
         raise Problem(404, "Metrics are turned off (METRICS=0).")
-    # READ (SPEC §8): /metrics is a read; ACCESS's read check (pipeline/access.py) belongs here.
+    # READ (SPEC §8): /metrics is a read. With READ_TOKEN set it needs a token or a session,
+    # checked before any route by pipeline/access.py (a route not listed as open is private).
     try:
         body = await metrics.exposition(reporter.redis, reporter)
     except bus.REDIS_ERRORS:
