@@ -208,7 +208,8 @@ def test_before_after_limit_and_tail_per_channel(client: httpx.Client) -> None:
     assert seqs_of("/messages", tail=100, after=seqs[25]) == seqs[26:]
     assert seqs_of("/channels/even/messages", tail=3, after=even[-5]) == even[-3:]
     assert seqs_of("/channels/even/messages", after=even[3], limit=2) == even[4:6]
-    for bad in ({"before": "x"}, {"before": "0"}, {"before": "-1"}):
+    assert seqs_of("/messages", before=0, limit=5) == seqs_of("/messages", before=1) == []
+    for bad in ({"before": "x"}, {"before": "-1"}, {"before": "1.5"}):
         assert client.get("/channels/even/messages", params=bad).status_code == 400
 
 
