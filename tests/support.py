@@ -498,6 +498,22 @@ class RunPy:
             stop_process(self.process)
 
 
+def marked_processes(mark: str) -> set[int]:
+    """Live processes whose environment has ``PIPELINE_TEST_MARK=<mark>`` (a test sets it on
+    what it starts; children inherit it): how a test finds what a process it started left
+    behind, even re-parented."""
+    needle = f"PIPELINE_TEST_MARK={mark}".encode()
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and alive(int(entry.name)):
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
