@@ -188,7 +188,7 @@ def run_all(settings: Settings) -> int:
     try:
         if not settings.redis_url:
             local_redis = LocalRedis(settings.data_dir)
-            settings = settings.with_overrides(redis_url=local_redis.start())
+            settings = settings.with_overrides(redis_url=local_redis.start().url)
             log.info("private Redis at %s (data in %s)", settings.redis_url, local_redis.data_dir)
         if release(settings) != 0:
             return 1
@@ -231,7 +231,7 @@ def run_all(settings: Settings) -> int:
         log.info("stopped")
 
 
-class _Stop(Exception):
+class _Stop(BaseException):  # noqa: N818 - like KeyboardInterrupt: no `except Exception` swallows it
     """SIGINT or SIGTERM reached run.py."""
 
 

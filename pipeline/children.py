@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -56,6 +57,21 @@ def spawn(
         start_new_session=True,
         preexec_fn=_die_with(os.getpid()),  # noqa: PLW1509 - it only calls prctl and getppid
     )
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout_s: float = 10.0, interval_s: float = 0.02, what: str = ""
+) -> Any:
+    """Poll ``condition`` until it returns something truthy, and return that; TimeoutError
+    after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not met within {timeout_s}s: {what or condition}")
+        time.sleep(interval_s)
 
 
 def stop(process: subprocess.Popen[Any], timeout_s: float = 5.0, sig: int = signal.SIGTERM) -> int:

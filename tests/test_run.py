@@ -289,6 +289,29 @@ def test_run_py_killed_while_starting_leaves_nothing_running(tmp_path: Path, del
     wait_until(lambda: not marked_processes(mark), timeout_s=8)
 
 
+def test_sigterm_while_run_py_starts_stops_it_there(tmp_path: Path) -> None:
+    mark = uuid.uuid4().hex
+    runner = RunPy(tmp_path / "data", free_port(), PIPELINE_TEST_MARK=mark)
+    process = subprocess.Popen(
+        [sys.executable, RUN_PY, "--port", str(runner.port)],
+        env=runner.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    with process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "private Redis at" in line:  # Redis runs; the worker and web are not started yet
+                break
+        process.send_signal(signal.SIGTERM)
+        rest = process.stdout.read()
+        process.wait(10)
+    assert "Pipeline running" not in rest, rest
+    assert process.returncode == 0
+    wait_until(lambda: not marked_processes(mark), timeout_s=8)
+
+
 def test_a_web_process_stops_at_once_on_sigterm_while_it_waits_for_its_database(tmp_path: Path) -> None:
     env = {
         **os.environ,
@@ -299,19 +322,24 @@ def test_a_web_process_stops_at_once_on_sigterm_while_it_waits_for_its_database(
         [sys.executable, RUN_PY, "web", "--port", str(free_port())],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    try:
-        time.sleep(2)  # started, retrying its database (for up to 30 s)
-        assert process.poll() is None
-        process.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        process.wait(10)
-        assert time.monotonic() - started < 2
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    with process:
+        assert process.stderr is not None
+        try:
+            for line in process.stderr:  # it retries its database for up to 30 s
+                if "waiting for the database" in line:
+                    break
+            assert process.poll() is None
+            process.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            process.wait(10)
+            assert time.monotonic() - started < 2
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 # Data files readable by their owner only (SPEC §8) ----------------------------------------
