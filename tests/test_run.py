@@ -359,7 +359,12 @@ def test_data_files_are_readable_by_their_owner_only(tmp_path: Path) -> None:
                 assert send(client, {"private": True}).status_code == 202
                 wait_stored(client, 1)
             assert (runner.data_dir / "pipeline.db-wal").exists()
-            assert list(runner.data_dir.glob("appendonlydir/*.aof"))
+            # Files Redis makes later (rewriting its append-only file) are private too.
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(str(runner.data_dir / "redis.sock"))
+                sock.sendall(b"BGREWRITEAOF\r\n")
+                assert sock.recv(100).startswith(b"+")
+            wait_until(lambda: list(runner.data_dir.glob("appendonlydir/appendonly.aof.2.*")))
             assert not _loose(runner.data_dir)
         finally:
             runner.stop()
@@ -390,6 +395,7 @@ def test_the_procfile_processes_keep_a_sqlite_file_private(tmp_path: Path, redis
         pipeline = Pipeline(tmp_path / "logs", redis_server.url, f"sqlite:///{folder / 'pipeline.db'}")
         try:
             pipeline.release()
+            assert (folder / "pipeline.db").exists() and not _loose(folder)
             url = pipeline.start_web()
             pipeline.start_worker()
             with httpx.Client(base_url=url, timeout=10) as client:
