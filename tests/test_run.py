@@ -273,23 +273,8 @@ def test_killing_run_py_leaves_nothing_running(run_py: RunPy, sig: int) -> None:
     wait_until(lambda: not [pid for pid in children if alive(pid)], timeout_s=8)
 
 
-@pytest.mark.parametrize("delay_s", [0.3, 0.8, 1.5])
-def test_run_py_killed_while_starting_leaves_nothing_running(tmp_path: Path, delay_s: float) -> None:
-    mark = uuid.uuid4().hex
-    runner = RunPy(tmp_path / "data", free_port(), PIPELINE_TEST_MARK=mark)
-    process = subprocess.Popen(
-        [sys.executable, RUN_PY, "--port", str(runner.port)],
-        env=runner.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(delay_s)
-    process.kill()
-    process.wait(10)
-    wait_until(lambda: not marked_processes(mark), timeout_s=8)
-
-
-def test_sigterm_while_run_py_starts_stops_it_there(tmp_path: Path) -> None:
+def _start_marked(tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
+    """``python run.py`` whose processes carry a mark (see marked_processes), output piped."""
     mark = uuid.uuid4().hex
     runner = RunPy(tmp_path / "data", free_port(), PIPELINE_TEST_MARK=mark)
     process = subprocess.Popen(
@@ -299,12 +284,36 @@ def test_sigterm_while_run_py_starts_stops_it_there(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    return process, mark
+
+
+def _read_until(process: subprocess.Popen[str], text: str) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        if text in line:
+            return
+    raise AssertionError(f"run.py exited before saying {text!r}")
+
+
+# Redis runs, nothing else yet; the tables are ready and the web and worker are being started.
+@pytest.mark.parametrize(
+    "moment", ["private Redis at", "tables ready"], ids=["redis-started", "children-starting"]
+)
+def test_run_py_killed_while_starting_leaves_nothing_running(tmp_path: Path, moment: str) -> None:
+    process, mark = _start_marked(tmp_path)
     with process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if "private Redis at" in line:  # Redis runs; the worker and web are not started yet
-                break
+        _read_until(process, moment)
+        process.kill()
+        process.wait(10)
+    wait_until(lambda: not marked_processes(mark), timeout_s=8)
+
+
+def test_sigterm_while_run_py_starts_stops_it_there(tmp_path: Path) -> None:
+    process, mark = _start_marked(tmp_path)
+    with process:
+        _read_until(process, "private Redis at")  # the worker and web are not started yet
         process.send_signal(signal.SIGTERM)
+        assert process.stdout is not None
         rest = process.stdout.read()
         process.wait(10)
     assert "Pipeline running" not in rest, rest

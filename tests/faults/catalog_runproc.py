@@ -46,7 +46,7 @@ FAULTS: list[Fault] = [
         replace="False",
         tests=(
             "tests/test_run.py::test_killing_run_py_leaves_nothing_running[SIGKILL]",
-            "tests/test_run.py::test_run_py_killed_while_starting_leaves_nothing_running[1.5]",
+            "tests/test_run.py::test_run_py_killed_while_starting_leaves_nothing_running[redis-started]",
         ),
         guarantee="run.py killed (even SIGKILL, even while starting) leaves no process behind",
     ),
