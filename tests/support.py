@@ -405,24 +405,7 @@ class RunPy:
     def descendants(self) -> set[int]:
         """PIDs of every process run.py started (children and theirs)."""
         assert self.process is not None
-        parents = {self.process.pid}
-        found: set[int] = set()
-        changed = True
-        while changed:
-            changed = False
-            for entry in Path("/proc").iterdir():
-                if not entry.name.isdigit() or int(entry.name) in found:
-                    continue
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                if ppid in parents:
-                    found.add(int(entry.name))
-                    parents.add(int(entry.name))
-                    changed = True
-        return found
+        return descendants(self.process.pid)
 
     def interrupt(self) -> float:
         """Ctrl-C: SIGINT to run.py; returns how long it took to exit."""
@@ -437,10 +420,31 @@ class RunPy:
             stop_process(self.process)
 
 
+def descendants(pid: int) -> set[int]:
+    """PIDs of the children of ``pid``, and theirs."""
+    parents = {pid}
+    found: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) in found:
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) in parents:
+                found.add(int(entry.name))
+                parents.add(int(entry.name))
+                changed = True
+    return found
+
+
 def marked_processes(mark: str) -> set[int]:
     """Live processes whose environment has ``PIPELINE_TEST_MARK=<mark>`` (a test sets it on
     what it starts; children inherit it): how a test finds what a process it started left
-    behind, even re-parented."""
+    behind, even re-parented. (Not redis-server: its process title overwrites its environment.)"""
     needle = f"PIPELINE_TEST_MARK={mark}".encode()
     found: set[int] = set()
     for entry in Path("/proc").iterdir():

@@ -24,6 +24,7 @@ from tests.support import (
     RedisServer,
     RunPy,
     alive,
+    descendants,
     free_port,
     marked_processes,
     send,
@@ -216,6 +217,7 @@ def test_a_busy_port_stops_at_once_with_one_line(tmp_path: Path, command: list[s
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and str(port) in lines[0] and "in use" in lines[0], result.stderr
         assert took < 5, f"took {took:.1f}s"
+        assert not (tmp_path / "data" / "appendonlydir").exists()  # no Redis was started
         wait_until(lambda: not marked_processes(mark), timeout_s=5)
 
 
@@ -236,6 +238,7 @@ def test_a_second_run_py_on_a_port_in_use_is_refused_and_the_first_keeps_it(tmp_
         )
         assert second.returncode != 0 and "running" not in second.stdout
         assert str(first.port) in second.stderr.strip().splitlines()[-1]
+        assert not (tmp_path / "b" / "appendonlydir").exists()  # no Redis was started
         wait_until(lambda: not marked_processes(mark), timeout_s=5)
         assert httpx.get(f"{first.url}/healthz", timeout=10).status_code == 200
     finally:
@@ -303,22 +306,25 @@ def test_run_py_killed_while_starting_leaves_nothing_running(tmp_path: Path, mom
     process, mark = _start_marked(tmp_path)
     with process:
         _read_until(process, moment)
+        started = descendants(process.pid)
         process.kill()
         process.wait(10)
-    wait_until(lambda: not marked_processes(mark), timeout_s=8)
+    assert started  # Redis at least
+    wait_until(lambda: not marked_processes(mark) and not [p for p in started if alive(p)], timeout_s=8)
 
 
 def test_sigterm_while_run_py_starts_stops_it_there(tmp_path: Path) -> None:
     process, mark = _start_marked(tmp_path)
     with process:
         _read_until(process, "private Redis at")  # the worker and web are not started yet
+        started = descendants(process.pid)
         process.send_signal(signal.SIGTERM)
         assert process.stdout is not None
         rest = process.stdout.read()
         process.wait(10)
     assert "Pipeline running" not in rest, rest
     assert process.returncode == 0
-    wait_until(lambda: not marked_processes(mark), timeout_s=8)
+    wait_until(lambda: not marked_processes(mark) and not [p for p in started if alive(p)], timeout_s=8)
 
 
 def test_a_web_process_stops_at_once_on_sigterm_while_it_waits_for_its_database(tmp_path: Path) -> None:
