@@ -217,6 +217,7 @@ def run_all(settings: Settings) -> int:
         print(f"run.py: {exc}", file=sys.stderr)
         return 1
     finally:
+        stopping = True  # a signal from now on must not cut the stopping short
         log.info("stopping")
         # Web first (stop taking messages), then the worker (finish what is queued), Redis last.
         for child in children.values():
