@@ -189,7 +189,7 @@ def _holder(port: int, *, reuseport: bool) -> socket.socket:
 
 
 @pytest.mark.parametrize("reuseport", [False, True], ids=["plain", "reuseport"])
-@pytest.mark.parametrize("command", [[], ["web"]], ids=["run.py", "run.py web"])
+@pytest.mark.parametrize("command", [[], ["web"]], ids=["run", "web"])
 def test_a_busy_port_stops_at_once_with_one_line(tmp_path: Path, command: list[str], reuseport: bool) -> None:
     port, mark = free_port(), uuid.uuid4().hex
     env = {

@@ -12,7 +12,7 @@ FAULTS: list[Fault] = [
         path="run.py",
         find="listeners = listen(settings.host, settings.port, settings.web_concurrency)",
         replace="listeners = listen(settings.host, 0, settings.web_concurrency)",
-        tests=(f"{_BUSY}[run.py-plain]",),
+        tests=(f"{_BUSY}[run-plain]",),
         guarantee="a busy port stops run.py at once with one line naming it, leaving nothing running",
     ),
     Fault(
@@ -20,7 +20,7 @@ FAULTS: list[Fault] = [
         path="run.py",
         find="listener = adopt(args.fd) if args.fd is not None else listen(settings.host, settings.port)[0]",
         replace="listener = adopt(args.fd) if args.fd is not None else None  # type: ignore[assignment]",
-        tests=(f"{_BUSY}[run.py web-plain]",),
+        tests=(f"{_BUSY}[web-plain]",),
         guarantee="a busy port stops run.py web at once with one line naming it",
     ),
     Fault(
@@ -28,7 +28,7 @@ FAULTS: list[Fault] = [
         path="pipeline/listen.py",
         find="first = _bound(family, address, share=False)",
         replace="first = _bound(family, address, share=True)",
-        tests=(f"{_BUSY}[run.py-reuseport]",),
+        tests=(f"{_BUSY}[run-reuseport]",),
         guarantee="run.py never shares its port with a server it did not start (SO_REUSEPORT)",
     ),
     Fault(
