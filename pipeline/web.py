@@ -15,8 +15,8 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 from hypercorn.typing import ASGIFramework
 
+from . import contracts
 from .app import close_streams, create_app
-from .asgi import ASGIApp
 from .config import Settings
 from .front import Front
 
@@ -45,6 +45,7 @@ def hypercorn_config(settings: Settings, *, shared_port: socket.socket | None = 
 
 async def serve(settings: Settings, listener: socket.socket) -> None:
     """Serve on ``listener`` until SIGTERM/SIGINT, then close streams and stop accepting."""
+    await contracts.check_redis()
     app = create_app(settings)
     stopping = asyncio.Event()
     serving = asyncio.Event()  # hypercorn awaits the shutdown trigger once it serves
@@ -58,7 +59,7 @@ async def serve(settings: Settings, listener: socket.socket) -> None:
         close_streams(app)
 
     # Ingest and WebSocket streams are served in front of Quart (see front.py).
-    served = cast(ASGIFramework, Front(cast(ASGIApp, app), app.extensions))
+    served = cast(ASGIFramework, Front(app))
     config = hypercorn_config(settings, shared_port=listener)
     try:
         await hypercorn_serve(served, config, shutdown_trigger=shutdown_trigger)
@@ -88,4 +89,5 @@ def _exit(status: int) -> None:
 
 def run(settings: Settings, listener: socket.socket) -> None:
     """Run one web process on ``listener`` (see pipeline.listen)."""
+    contracts.check()
     uvloop.run(serve(settings, listener))
