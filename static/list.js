@@ -42,7 +42,8 @@ export function makeItem(m, live, nowMs) {
     search: (raw.length > MAX_PAYLOAD_CHARS ? raw.slice(0, MAX_PAYLOAD_CHARS) : raw).toLowerCase() + "\n" + id,
     pretty: null,
     showRaw: false,
-    h: estimateHeight(raw),
+    estimate: estimateHeight(raw),
+    h: 0,   // measured height; 0 until the entry has been drawn (then the estimate is used)
   };
 }
 
@@ -55,12 +56,14 @@ export class MessageList {
     this.view = [];           // the items that match the filter, ascending seq
     this.bySeq = new Map();
     this.rendered = new Map();  // item -> li
+    this.remeasure = new Set();  // drawn entries whose content changed
     this.offsets = new Float64Array(1);
     this.dirty = true;
     this.filter = "";
     this.pinned = true;
     this.newWhilePaused = 0;
     this.rendering = false;
+    this.scale = 1;           // measured / estimated height, learnt from the entries drawn
     this.sizer = el("li", "sizer");
     this.sizer.setAttribute("aria-hidden", "true");
     els.list.append(this.sizer);
@@ -72,7 +75,10 @@ export class MessageList {
     const apply = () => { clearTimeout(timer); this.setFilter(els.filter.value); };
     els.filter.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(apply, FILTER_DEBOUNCE_MS); });
     els.filter.addEventListener("keydown", (e) => { if (e.key === "Enter") apply(); });
-    new ResizeObserver(() => this.render()).observe(els.list);
+    new ResizeObserver(() => {   // another width: the entries drawn may wrap differently
+      for (const item of this.rendered.keys()) this.remeasure.add(item);
+      this.render();
+    }).observe(els.list);
     this.updatePin();
     this.updateCount();
   }
@@ -94,7 +100,7 @@ export class MessageList {
     for (const item of items) {
       this.items.push(item);
       this.bySeq.set(item.seq, item);
-      if (this.matches(item)) { this.view.push(item); added += item.h; }
+      if (this.matches(item)) { this.view.push(item); added += this.height(item); }
     }
     this.dirty = true;
     if (!this.pinned) {
@@ -180,12 +186,19 @@ export class MessageList {
 
   // ---- windowing
 
+  height(item) {
+    return item.h || item.estimate * this.scale;
+  }
+
   computeOffsets() {
     const n = this.view.length;
     if (this.offsets.length !== n + 1) this.offsets = new Float64Array(n + 1);
     const o = this.offsets;
     o[0] = 0;
-    for (let d = 0; d < n; d++) o[d + 1] = o[d] + this.view[n - 1 - d].h;  // display order: newest first
+    for (let d = 0; d < n; d++) {  // display order: newest first
+      const item = this.view[n - 1 - d];
+      o[d + 1] = o[d] + (item.h || item.estimate * this.scale);
+    }
     this.sizer.style.height = `${o[n]}px`;
     this.dirty = false;
   }
@@ -232,23 +245,34 @@ export class MessageList {
     const fresh = [];
     for (const [item, d] of wanted) {
       let li = this.rendered.get(item);
-      if (!li) { li = this.drawEntry(item); this.rendered.set(item, li); fresh.push(li); }
-      li.style.transform = `translateY(${this.offsets[d]}px)`;
+      if (!li) { li = this.drawEntry(item); this.rendered.set(item, li); fresh.push(item); }
+      place(li, this.offsets[d]);
     }
-    if (fresh.length) list.append(...fresh);
+    if (fresh.length) list.append(...fresh.map((item) => this.rendered.get(item)));
+    const toMeasure = fresh.concat([...this.remeasure].filter((item) => wanted.has(item)));
+    this.remeasure.clear();
+    if (!toMeasure.length) return false;
 
     // The anchor: the first entry whose top is in view; it must not move on screen.
     let anchor = null;
     let anchorTop = 0;
-    let changed = false;
     for (const [item, d] of wanted) {
-      if (!anchor && this.offsets[d] >= top) { anchor = item; anchorTop = this.offsets[d]; }
-      const h = this.rendered.get(item).offsetHeight;
-      if (h && Math.abs(h - item.h) > 0.5) { item.h = h; changed = true; }
+      if (this.offsets[d] >= top) { anchor = item; anchorTop = this.offsets[d]; break; }
     }
+    let changed = false;
+    let measured = 0;
+    let estimated = 0;
+    for (const item of toMeasure) {
+      const h = this.rendered.get(item).offsetHeight;   // one layout for all of them
+      if (!h) continue;
+      if (!item.showRaw) { measured += h; estimated += item.estimate; }
+      if (Math.abs(h - this.height(item)) > 0.5) changed = true;
+      item.h = h;
+    }
+    if (estimated) this.scale = this.scale * 0.8 + (measured / estimated) * 0.2;
     if (!changed) return false;
     this.computeOffsets();
-    for (const [item, d] of wanted) this.rendered.get(item).style.transform = `translateY(${this.offsets[d]}px)`;
+    for (const [item, d] of wanted) place(this.rendered.get(item), this.offsets[d]);
     if (anchor && !this.pinned) {
       const shift = this.offsets[wanted.get(anchor)] - anchorTop;
       if (shift) list.scrollTop = top + shift;
@@ -349,6 +373,7 @@ export class MessageList {
     if (action === "raw") {
       item.showRaw = !item.showRaw;
       this.fillPayload(li, item);
+      this.remeasure.add(item);
       this.render();
     } else if (action === "copy") {
       copyText(button, item.raw, "Copy");
@@ -356,6 +381,11 @@ export class MessageList {
       copyText(button, curlCommand(item.raw, item.channel || this.opts.channel, this.opts.tokenRequired()), "Copy as curl");
     }
   }
+}
+
+function place(li, y) {
+  const t = `translateY(${y}px)`;
+  if (li.style.transform !== t) li.style.transform = t;
 }
 
 /** Puts text on the clipboard and says so on the button for a moment. */
