@@ -428,6 +428,7 @@ class WebSocketRefusingProxy:
         self.refused = 0
         self.passed = 0
         self.refuse_websockets = True  # a test may lift the refusal: the page should move back
+        self.upgrade_delay_s = 0.0  # a slow handshake once upgrades pass
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -462,6 +463,8 @@ class WebSocketRefusingProxy:
                 client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 return
             self.passed += 1
+            if self.UPGRADE.search(head):
+                time.sleep(self.upgrade_delay_s)
             upstream = self._track(socket.create_connection(("127.0.0.1", self.upstream_port)))
             upstream.sendall(head)
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
@@ -546,6 +549,9 @@ def test_moves_back_to_websocket_when_it_works_again(
         page.until(lambda: page.state()["total"] >= 10, "showing messages over SSE")
         refused = proxy.refused
         page.until(lambda: proxy.refused > refused, "trying WebSocket again while on SSE", 30)
+        # A slow handshake: the SSE stream delivers meanwhile what the WebSocket, opened from an
+        # older seq, then replays too; the page must show each of those once.
+        proxy.upgrade_delay_s = 1.0
         proxy.refuse_websockets = False
         page.wait_live("ws", 60)
         shown = page.state()["total"]
