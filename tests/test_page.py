@@ -1126,7 +1126,7 @@ def test_channel_picker(open_page: OpenPage, run_py: RunPy, http: httpx.Client) 
 
     # Choosing a channel is a bookmarkable address.
     everything.page.select_option("#channel", "web")
-    everything.page.wait_url(re.compile(r"/\?channel=web$"))
+    everything.page.wait_for_url(re.compile(r"/\?channel=web$"))
     everything.wait_live("ws")
     everything.until(lambda: everything.entry(hit), "showing the web channel")
     assert everything.state()["count"] == "2 messages (2 shown)"
