@@ -1211,9 +1211,10 @@ def test_sign_in_then_history_live_and_form(
 def test_gap_is_told(open_page: OpenPage, redis_server: RedisServer, pipeline: Pipeline) -> None:
     """The page's web process goes away; meanwhile more messages arrive than retention keeps,
     so when the page resumes the server says a gap: the page tells how many were missed."""
+    pipeline.env["RETENTION_MAX_MESSAGES"] = "3"  # for every process started here
     url = pipeline.start_web()
     port = int(url.rsplit(":", 1)[1])
-    pipeline.start_worker(RETENTION_MAX_MESSAGES="3")
+    pipeline.start_worker()
     health = pipeline.wait_healthy(url)
     if "retention" not in json.dumps(health):
         pytest.skip("the server has no retention yet (RETENTION_MAX_MESSAGES, SPEC §10)")
@@ -1247,6 +1248,52 @@ def test_gap_is_told(open_page: OpenPage, redis_server: RedisServer, pipeline: P
     assert gap.get_attribute("data-missed") == str(missed)
     assert f"Missed {missed} messages" in (page.page.locator("#gap-text").text_content() or "")
     page.until(lambda: page.state()["total"] == 4, "showing the first and the three kept")
+    page.assert_clean()
+
+
+@pytest.mark.slow
+def test_reset_is_told_and_the_list_reloaded(
+    open_page: OpenPage, redis_server: RedisServer, pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """The database is replaced under the open page (a new epoch): when the page resumes, the
+    server says reset; the page says so, drops what it showed and loads the new history."""
+    url = pipeline.start_web()
+    port = int(url.rsplit(":", 1)[1])
+    pipeline.start_worker()
+    pipeline.wait_healthy(url)
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for n in range(3):
+            put_raw(client, json.dumps({"old": n}))
+        wait_stored(client, 3)
+        if "pipeline-epoch" not in client.get("/messages").headers:
+            pytest.skip(
+                "the server has no database epoch yet (Pipeline-Epoch, ?epoch=, reset events: SPEC §10)"
+            )
+    page = open_page(
+        url + "/",
+        allow_console=[
+            r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws\?after=\d+[^']*' failed: "
+            r"Error in connection establishment: net::ERR_CONNECTION_REFUSED$",
+            r"^Failed to load resource: net::ERR_CONNECTION_REFUSED$",
+        ],
+    )
+    page.wait_live("ws")
+    page.until(lambda: page.state()["total"] == 3, "showing the three old messages")
+
+    pipeline.stop()
+    for path in tmp_path.glob("pipeline.db*"):
+        path.unlink()
+    pipeline.start_worker()
+    pipeline.start_web(port=port)
+    pipeline.wait_healthy(url)
+    with httpx.Client(base_url=url, timeout=10) as client:
+        fresh = put_raw(client, '{"new": "database"}')
+        wait_stored(client, 1)
+    gap = page.page.locator("#gap")
+    page.until(lambda: gap.is_visible(), "telling the reset", 30)
+    assert "history was reset" in (page.page.locator("#gap-text").text_content() or "")
+    page.until(lambda: page.entry(fresh), "showing the new database's message")
+    assert page.state()["count"] == "1 message (1 shown)"
     page.assert_clean()
 
 
