@@ -1,10 +1,10 @@
 // A small live chart drawn on a canvas: messages per second over the last three minutes
-// (bars) and the receipt → screen delay of live messages (p50 and p99 per 10 s, lines).
+// (bars) and the receipt → screen delay of live messages (p50 and p99 per 5 s, lines).
 
 import { fmtDelay, plural } from "./format.js";
 
 const SECONDS = 180;
-const DELAY_BUCKET_S = 10;
+const DELAY_BUCKET_S = 5;
 
 function quantile(sorted, q) {
   if (!sorted.length) return NaN;
@@ -102,6 +102,14 @@ export class LiveChart {
         drawing = true;
       });
       g.stroke();
+      g.fillStyle = color;   // a dot per point: a lone bucket has no line to draw
+      lines.forEach((pair, i) => {
+        const v = pair[which];
+        if (!Number.isFinite(v)) return;
+        g.beginPath();
+        g.arc(i * step + step / 2, h - (v / maxDelay) * (h - 4 * ratio) - 2 * ratio, 2 * ratio, 0, 2 * Math.PI);
+        g.fill();
+      });
     };
     stroke(0, css.getPropertyValue("--chart-p50").trim() || "#1e9e4a");
     stroke(1, css.getPropertyValue("--chart-p99").trim() || "#e09a12");
