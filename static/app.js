@@ -85,13 +85,13 @@ class Feed {
     return `/messages?${q}`;
   }
 
+  /** Stored messages and the database's epoch (null if the server does not say). */
   async read(params) {
     const res = await fetch(this.readUrl(params), { headers: { Accept: "application/json" }, cache: "no-store" });
     if (res.status === 401) throw new Unauthorized(await describeError(res));
     if (!res.ok) throw new Error(await describeError(res));
-    const epoch = res.headers.get("pipeline-epoch");
-    if (epoch) this.learnEpoch(epoch);
-    return readMessageArray(await res.text()).filter((m) => Number.isSafeInteger(m.seq) && m.seq > 0);
+    const messages = readMessageArray(await res.text()).filter((m) => Number.isSafeInteger(m.seq) && m.seq > 0);
+    return { messages, epoch: res.headers.get("pipeline-epoch") };
   }
 
   learnEpoch(epoch) {
@@ -103,7 +103,8 @@ class Feed {
   async start() {
     for (let attempt = 1; ; attempt++) {
       try {
-        const messages = await this.read({ tail: String(HISTORY_TAIL) });
+        const { messages, epoch } = await this.read({ tail: String(HISTORY_TAIL) });
+        if (epoch) this.epoch = epoch;   // the list is empty here: whatever it says is the truth
         this.reachedFirst = messages.length < HISTORY_TAIL;
         const fresh = messages.filter((m) => m.seq > this.lastSeq);
         if (fresh.length) {
@@ -132,7 +133,8 @@ class Feed {
     this.loadingOlder = true;
     this.updateOlder();
     try {
-      const messages = await this.read({ before: String(first), limit: String(OLDER_PAGE) });
+      const { messages, epoch } = await this.read({ before: String(first), limit: String(OLDER_PAGE) });
+      if (epoch && this.epoch && epoch !== this.epoch) { this.onReset({ epoch }); return; }
       const older = messages.filter((m) => m.seq < first);
       if (older.length !== messages.length) throw new Error("this server cannot page back (no ?before=)");
       this.list.addOlder(older.map((m) => makeItem(m, false, 0)));
