@@ -13,6 +13,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 from hypercorn.typing import ASGIFramework
 
+from .access import Access
 from .app import close_streams, create_app
 from .asgi import ASGIApp
 from .config import Settings
@@ -62,8 +63,9 @@ async def serve(settings: Settings, *, share_port: bool = False) -> None:
         await stopping.wait()
         close_streams(app)
 
-    # Ingest and WebSocket streams are served in front of Quart (see front.py).
-    served = cast(ASGIFramework, Front(cast(ASGIApp, app), app.extensions))
+    # Ingest and WebSocket streams are served in front of Quart (see front.py); the access
+    # checks (access.py) come before both.
+    served = cast(ASGIFramework, Access(Front(cast(ASGIApp, app), app.extensions), settings))
     listener = shared_listener(settings.host, settings.port) if share_port else None
     config = hypercorn_config(settings, shared_port=listener)
     await hypercorn_serve(served, config, shutdown_trigger=shutdown_trigger)
