@@ -68,6 +68,7 @@ _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 _HOST = re.compile(
     r"(?P<name>[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,5}))?", re.IGNORECASE
 )
+_KNOWN_HOSTS = 1024
 _CHECKED = "pipeline.access"  # set in the scope once a request passed (the two wrappings)
 _WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="pipeline"'}
 
@@ -130,6 +131,20 @@ def _mac(key: bytes, signed: str | bytes) -> bytes:
     return base64.urlsafe_b64encode(hmac.new(key, data, hashlib.sha256).digest()).rstrip(b"=")
 
 
+_SEEN_HEADERS = frozenset(
+    {
+        b"host",
+        b"origin",
+        b"authorization",
+        b"cookie",
+        b"sec-fetch-site",
+        b"x-forwarded-proto",
+        b"content-type",
+        b"content-length",
+    }
+)
+
+
 @dataclass
 class Seen:
     """The headers the checks look at, gathered in one pass (names are case-insensitive)."""
@@ -147,25 +162,28 @@ class Seen:
     def parse(cls, headers: Iterable[tuple[bytes, bytes]]) -> Seen:
         seen = cls()
         for raw_name, raw_value in headers:
-            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
-            if name == "host":
+            name = raw_name.lower()
+            if name not in _SEEN_HEADERS:
+                continue
+            value = raw_value.decode("latin-1")
+            if name == b"host":
                 seen.hosts.append(value)
-            elif name == "origin":
+            elif name == b"origin":
                 seen.origins.append(value)
-            elif name == "authorization":
+            elif name == b"authorization":
                 seen.authorizations.append(value)
-            elif name == "cookie":
+            elif name == b"cookie":
                 for pair in value.split(";"):
                     cookie, _, cookie_value = pair.strip().partition("=")
                     if cookie == SESSION_COOKIE:
                         seen.cookies.append(cookie_value.strip().strip('"'))
-            elif name == "sec-fetch-site":
+            elif name == b"sec-fetch-site":
                 seen.fetch_site = value.strip().lower()
-            elif name == "x-forwarded-proto":
+            elif name == b"x-forwarded-proto":
                 seen.forwarded_proto = value.split(",")[0].strip().lower()
-            elif name == "content-type":
+            elif name == b"content-type":
                 seen.content_type = value.split(";")[0].strip().lower()
-            elif name == "content-length":
+            elif name == b"content-length":
                 seen.content_length = value.strip()
         return seen
 
@@ -210,12 +228,23 @@ class Policy:
         self.hosts = frozenset(host for host in hosts if not host.startswith("."))
         self.host_suffixes = tuple(host for host in hosts if host.startswith("."))
         self.origins = settings.allowed_origins or frozenset()
+        self._known_hosts: dict[str, tuple[str, int | None]] = {}  # Host header -> allowed host
 
     def host(self, seen: Seen) -> tuple[str, int | None]:
         """The request's host name and port; Problem unless there is one, allowed."""
         if len(seen.hosts) != 1:
             raise Problem(400, "A request needs exactly one Host header.")
-        match = _HOST.fullmatch(seen.hosts[0].strip())
+        known = self._known_hosts.get(seen.hosts[0])
+        if known is not None:
+            return known
+        name_and_port = self._judge_host(seen.hosts[0])
+        if len(self._known_hosts) >= _KNOWN_HOSTS:
+            self._known_hosts.clear()  # a bound: only allowed hosts are remembered, but any port
+        self._known_hosts[seen.hosts[0]] = name_and_port
+        return name_and_port
+
+    def _judge_host(self, header: str) -> tuple[str, int | None]:
+        match = _HOST.fullmatch(header.strip())
         port = int(match["port"]) if match and match["port"] else None
         if match is None or (port is not None and port > 65535):
             raise Problem(400, "The Host header is malformed.")

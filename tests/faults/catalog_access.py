@@ -73,7 +73,10 @@ FAULTS: list[Fault] = [
         name="two-authorization-headers-last-wins",
         path="pipeline/access.py",
         find="        if len(seen.authorizations) > 1:\n            raise Problem(400,",
-        replace="        seen.authorizations = seen.authorizations[-1:]\n        if False:\n            raise Problem(400,",
+        replace=(
+            "        seen.authorizations = seen.authorizations[-1:]\n"
+            "        if False:\n            raise Problem(400,"
+        ),
         tests=(_T + "test_two_authorization_headers_are_refused_never_last_wins",),
         guarantee="Two Authorization headers are 400, never 'the last one wins'",
     ),
