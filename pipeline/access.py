@@ -442,7 +442,12 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, problem: Problem) 
     if scope["type"] == "http":
         # The request's body (if any) is left unread, so the connection cannot carry another
         # request: say so, or a client reusing it would find it closed under its next request.
-        closing = {**problem.headers, "Connection": "close"}
+        # (HTTP/2 has no such header: there a refused stream does not affect the connection.)
+        closing = (
+            {**problem.headers, "Connection": "close"}
+            if scope.get("http_version", "1.1") < "2"
+            else problem.headers
+        )
         await _respond(scope, send, problem.status, body, "application/problem+json", closing)
         return
     await receive()  # websocket.connect
