@@ -9,16 +9,17 @@ later), passes these checks in this order before anything else happens:
    else ``400``/``421``. By default, when listening on a loopback address, only ``localhost``,
    ``127.0.0.1``, ``[::1]`` (and ``HOST`` itself), any port; any host otherwise.
 2. **One Authorization, one Origin**: two of either is ``400``, never "the last one wins".
-3. **Origin** (other sites using a visitor's browser): every request except loading the page,
-   its static files and ``/healthz`` is ``403`` when its ``Origin`` is neither the page's own
-   (same host and port as ``Host``) nor in ``ALLOWED_ORIGINS``; ``Origin: null`` is refused.
-   Writes and streams that a browser marks ``Sec-Fetch-Site: cross-site`` without an
-   ``Origin`` are refused too. Requests with neither (curl, servers) pass.
+3. **Origin** (other sites using a visitor's browser): every request except loading an open
+   route (the page, its static files, ``/healthz``, ``/openapi.json``) is ``403`` when its
+   ``Origin`` is neither the page's own (same host and port as ``Host``) nor in
+   ``ALLOWED_ORIGINS``; ``Origin: null`` is refused. Writes and streams that a browser marks
+   ``Sec-Fetch-Site: cross-site`` without an ``Origin`` are refused too. Requests with
+   neither (curl, servers) pass.
 4. **Tokens**: writes (any method but GET, HEAD, OPTIONS) need a bearer token from
-   ``INGEST_TOKEN`` when it is set; every other request except the page, static files,
-   ``/healthz`` and ``/session`` needs one from ``READ_TOKEN``, or a session cookie, when that
-   is set (``401``: for a stream, before the upgrade and before any event). Deny by default:
-   a route nobody listed here is private.
+   ``INGEST_TOKEN`` when it is set; every other request except the open routes and
+   ``/session`` needs one from ``READ_TOKEN``, or a session cookie, when that is set (``401``:
+   for a stream, before the upgrade and before any event). Deny by default: a route nobody
+   listed here is private.
 
 It also serves ``/session``, the page's sign-in: ``POST`` a read token as JSON to get a cookie
 (``HttpOnly``, ``SameSite=Strict``, ``Secure`` over HTTPS) worth 12 hours. The cookie is
