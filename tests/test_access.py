@@ -158,8 +158,10 @@ def test_reads_need_a_read_token(private: tuple[Pipeline, httpx.Client]) -> None
         assert "hush-4711" not in refused.text
     assert client.head("/messages").status_code == 401
     # A stream is refused before it starts: a problem, not an event stream.
-    events = client.get("/events")
-    assert_problem(events, 401)
+    with client.stream("GET", "/events") as events:
+        assert events.status_code == 401, "the stream opened without a token"
+        events.read()
+        assert_problem(events, 401)
     assert ws_refusal(str(client.base_url)) == 401
     assert ws_refusal(str(client.base_url), "/json_dummy_ws") == 401
 
