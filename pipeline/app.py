@@ -11,7 +11,7 @@ from typing import cast
 from quart import Quart, Response, current_app
 from werkzeug.exceptions import HTTPException
 
-from . import api, bus, live
+from . import api, bus, live, ops
 from .access import Access
 from .asgi import ASGIApp
 from .config import Settings
@@ -38,6 +38,7 @@ def create_app(settings: Settings) -> Quart:
     )
     app.register_blueprint(api.blueprint)
     app.register_blueprint(live.blueprint)
+    ops.register(app, settings)  # /metrics, /openapi.json, /problems/<kind>
     _register_error_handlers(app)
     # The same checks web.py puts before everything, for whoever serves this app directly.
     app.asgi_app = Access(cast(ASGIApp, app.asgi_app), settings)  # type: ignore[method-assign, assignment]
@@ -94,7 +95,7 @@ async def _prepare_database(store: Store) -> None:
 def _register_error_handlers(app: Quart) -> None:
     @app.errorhandler(Problem)
     async def on_problem(error: Problem) -> Response:
-        return problem_response(error.status, error.detail, error.headers, error.extensions)
+        return problem_response(error.status, error.detail, error.headers, error.extensions, error.kind)
 
     @app.errorhandler(HTTPException)
     async def on_http_exception(error: HTTPException) -> Response:

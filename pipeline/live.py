@@ -22,6 +22,7 @@ from hypercorn.protocol.events import Data
 from hypercorn.protocol.ws_stream import WSStream
 from quart import Blueprint, Response, request
 
+from . import metrics
 from .asgi import Receive, Scope, Send
 from .hub import Closed, Delivery, Overflow, deliveries, websocket_frame
 from .problems import Problem, problem_document
@@ -119,9 +120,11 @@ async def serve_websocket(found: Services, scope: Scope, receive: Receive, send:
     streaming = asyncio.create_task(_stream_frames(found, after, write, send))
     # The client may go away at any time; then the stream (and its subscription) must end.
     listening = asyncio.create_task(_until_disconnect(receive))
+    metrics.stream_opened("ws")
     try:
         await asyncio.wait({streaming, listening}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        metrics.stream_closed("ws")
         for task in (streaming, listening):
             task.cancel()
         outcomes = await asyncio.gather(streaming, listening, return_exceptions=True)
@@ -141,7 +144,9 @@ async def _stream_frames(found: Services, after: int | None, write: FrameWriter,
                     await write([(websocket_frame(ping), ping)])
                 else:
                     await write([(item.ws_frame, item.ws_text) for item in batch])
+                    metrics.delivered("ws", batch)
     except Overflow:
+        metrics.closed_slow("ws")
         await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER, "reason": _TOO_SLOW})
     except Closed:
         await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": _GOING_AWAY})
@@ -212,7 +217,7 @@ async def _refuse(scope: Scope, send: Send, problem: Problem) -> None:
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": 1008})
         return
-    body = problem_document(problem.status, problem.detail)
+    body = problem_document(problem.status, problem.detail, problem.extensions, problem.kind)
     headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "websocket.http.response.start", "status": problem.status, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body})
@@ -232,6 +237,7 @@ async def events() -> Response:
 
     async def stream() -> AsyncIterator[bytes]:
         yield b"retry: 1000\n\n"
+        metrics.stream_opened("sse")
         try:
             async with contextlib.aclosing(follow(found, after)) as deliveries_:
                 async for batch in deliveries_:
@@ -239,9 +245,13 @@ async def events() -> Response:
                         yield b": ping\n\n"
                     else:
                         yield b"".join(item.sse_frame for item in batch)
-        except (Overflow, Closed):
+                        metrics.delivered("sse", batch)
+        except (Overflow, Closed) as ended:
             # Ending the response makes EventSource reconnect with Last-Event-ID.
-            return
+            if isinstance(ended, Overflow):
+                metrics.closed_slow("sse")
+        finally:
+            metrics.stream_closed("sse")
 
     response = Response(
         stream(),
