@@ -9,6 +9,7 @@ import orjson
 from quart import Blueprint, Response, render_template, request
 
 from . import bus
+from .bounds import whole_number
 from .ingest import accept, check_idempotency_key, check_token, unavailable
 from .messages import canonical_id, render
 from .problems import Problem
@@ -41,10 +42,7 @@ def _int_arg(name: str, *, low: int) -> int | None:
     raw = request.args.get(name)
     if raw is None:
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise Problem(400, f"Query parameter {name!r} must be a whole number, got {raw!r}.") from None
+    value = whole_number(raw, f"Query parameter {name!r}")
     if value < low:
         raise Problem(400, f"Query parameter {name!r} must be at least {low}, got {value}.")
     return value

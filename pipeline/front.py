@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from .asgi import ASGIApp, Receive, Scope, Send
+from .bounds import ambiguous_framing, refuse_ambiguous_framing
 from .ingest import INGEST_PATHS, serve_ingest
-from .live import WEBSOCKET_PATHS, serve_websocket
+from .live import EVENTS_PATHS, WEBSOCKET_PATHS, guard_events, serve_websocket
 from .services import EXTENSION_KEY, Services
 
 
@@ -27,6 +28,9 @@ class Front:
         self._extensions = extensions  # the Quart app's: holds Services while serving
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and ambiguous_framing(scope["headers"]):
+            await refuse_ambiguous_framing(send)
+            return
         found: Services | None = self._extensions.get(EXTENSION_KEY)
         if found is not None:
             kind, path = scope["type"], scope.get("path")
@@ -36,4 +40,6 @@ class Front:
             if kind == "websocket" and path in WEBSOCKET_PATHS:
                 await serve_websocket(found, scope, receive, send)
                 return
+            if kind == "http" and path in EVENTS_PATHS:
+                send = guard_events(scope, send)
         await self.app(scope, receive, send)

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from hypercorn.protocol.events import Data
 from hypercorn.protocol.ws_stream import WSStream
 from quart import Blueprint, Response, request, websocket
 from werkzeug.datastructures import Headers
+from wsproto.connection import ConnectionState as WSState
 
-from .asgi import Receive, Scope, Send
+from .asgi import Message, Receive, Scope, Send
+from .bounds import open_streams, queued_bytes, transport_of, whole_number
 from .hub import Closed, Delivery, Overflow, deliveries, websocket_frame
 from .problems import Problem, problem_document
 from .services import Services, services
@@ -34,15 +39,25 @@ _REPLAY_PAGE = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
 WEBSOCKET_PATHS = frozenset({"/ws", "/json_dummy_ws"})
+EVENTS_PATHS = frozenset({"/events"})
+_TRANSPORT_KEY = "pipeline.transport"
+# A client whose send buffer has not drained for this long has stopped reading (SPEC §4: closed
+# within 30 s); one told it is too slow gets this long to take its close before it is cut off.
+WRITE_TIMEOUT_S = 10.0
+CLOSE_GRACE_S = 10.0
 _TOO_SLOW = "too slow; resume with ?after=<last seq>"
 _GOING_AWAY = "server going away; resume with ?after=<last seq>"
 
 
-async def follow(found: Services, after: int | None) -> AsyncGenerator[list[Delivery] | None, None]:
+async def follow(
+    found: Services, after: int | None, backlog: Callable[[], int] | None = None
+) -> AsyncGenerator[list[Delivery] | None, None]:
     """Batches of deliveries for one stream, in ``seq`` order; None when a ping is due.
 
-    Raises Overflow when the stream's buffer overflows and Closed when the hub stops.
-    (Response bodies run outside the request context, so the services come as an argument.)
+    Raises Overflow when the stream's buffer overflows (counting ``backlog()``, the bytes
+    already handed to the connection but not yet taken by the client) and Closed when the hub
+    stops. (Response bodies run outside the request context, so the services come as an
+    argument.)
     """
     store, hub, interval_s = found.store, found.hub, found.settings.ping_interval_s
     sent = after or 0
@@ -50,7 +65,7 @@ async def follow(found: Services, after: int | None) -> AsyncGenerator[list[Deli
         async for batch in _replay(store, sent):
             yield batch
             sent = batch[-1].seq
-    async with hub.subscribe() as subscription:
+    async with hub.subscribe(backlog) as subscription:
         if after is None:
             sent = subscription.start_seq
         else:
@@ -95,15 +110,7 @@ def _check_origin(headers: Headers, allowed: frozenset[str] | None) -> None:
 
 
 def _after(raw: str | None, name: str) -> int | None:
-    if raw is None or raw == "":
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise Problem(400, f"{name} must be a whole number (a seq), got {raw!r}.") from None
-    if value < 0:
-        raise Problem(400, f"{name} must be at least 0, got {value}.")
-    return value
+    return None if raw is None else whole_number(raw, name)
 
 
 @blueprint.websocket("/ws")
@@ -157,16 +164,26 @@ async def serve_websocket(found: Services, scope: Scope, receive: Receive, send:
     if (await receive())["type"] != "websocket.connect":
         return
     headers = Headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]])
-    query = parse_qs(scope["query_string"].decode("latin-1"))
+    query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
     try:
         _check_origin(headers, found.settings.allowed_origins)
         after = _after(query.get("after", [None])[0], "after")
+        give_back = open_streams.take(found.settings.max_streams, "streams")
     except Problem as problem:
         await _refuse(scope, send, problem)
         return
+    try:
+        await _serve_accepted(found, after, receive, send)
+    finally:
+        give_back()
+
+
+async def _serve_accepted(found: Services, after: int | None, receive: Receive, send: Send) -> None:
+    _offer_no_compression(send)
     await send({"type": "websocket.accept"})
-    write = _frame_writer(send)
-    streaming = asyncio.create_task(_stream_frames(found, after, write, send))
+    transport = transport_of(send)
+    write = _frame_writer(send, transport)
+    streaming = asyncio.create_task(_stream_frames(found, after, write, send, transport))
     # The client may go away at any time; then the stream (and its subscription) must end.
     listening = asyncio.create_task(_until_disconnect(receive))
     try:
@@ -182,9 +199,21 @@ async def serve_websocket(found: Services, scope: Scope, receive: Receive, send:
             logger.error("WebSocket stream failed", exc_info=outcome)
 
 
-async def _stream_frames(found: Services, after: int | None, write: FrameWriter, send: Send) -> None:
+def _offer_no_compression(send: Send) -> None:
+    """Accept no permessage-deflate: inflating a client's frame happens before the size limit
+    applies, so one small frame could inflate to gigabytes (SPEC §4). Hypercorn has no setting
+    for it; its handshake offers what the client asked for unless told it asked for nothing."""
+    stream = getattr(send, "__self__", None)
+    if isinstance(stream, WSStream):
+        stream.handshake.extensions = None
+
+
+async def _stream_frames(
+    found: Services, after: int | None, write: FrameWriter, send: Send, transport: asyncio.Transport | None
+) -> None:
+    backlog = None if transport is None else functools.partial(queued_bytes, transport)
     try:
-        async with contextlib.aclosing(follow(found, after)) as stream:
+        async with contextlib.aclosing(follow(found, after, backlog)) as stream:
             async for batch in stream:
                 if batch is None:
                     ping = _ping(found)
@@ -192,9 +221,27 @@ async def _stream_frames(found: Services, after: int | None, write: FrameWriter,
                 else:
                     await write([(item.ws_frame, item.ws_text) for item in batch])
     except Overflow:
-        await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER, "reason": _TOO_SLOW})
+        closing = send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER, "reason": _TOO_SLOW})
+        await _close_stalled(transport, closing)
     except Closed:
         await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": _GOING_AWAY})
+
+
+async def _close_stalled(transport: asyncio.Transport | None, closing: Awaitable[None]) -> None:
+    """Say goodbye to a client that fell behind, then make sure it is gone: one that does not
+    read its socket cannot read a close either, and would hold its send queue forever."""
+    try:
+        async with asyncio.timeout(WRITE_TIMEOUT_S):
+            await closing
+    except TimeoutError:
+        pass
+    if transport is not None:
+        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, _abort_if_backlogged, transport)
+
+
+def _abort_if_backlogged(transport: asyncio.Transport) -> None:
+    if queued_bytes(transport):
+        transport.abort()
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -206,16 +253,24 @@ async def _until_disconnect(receive: Receive) -> None:
 FrameWriter = Callable[[list[tuple[bytes, str]]], Awaitable[None]]
 
 
-def _frame_writer(send: Send) -> FrameWriter:
+def _frame_writer(send: Send, transport: asyncio.Transport | None) -> FrameWriter:
     stream = getattr(send, "__self__", None)
     if isinstance(stream, WSStream):
 
         async def write_frames(frames: list[tuple[bytes, str]]) -> None:
-            if stream.closed:
+            # Closed, or closing (hypercorn sent a close itself, e.g. 1009 for a big frame).
+            if stream.closed or stream.connection.state is not WSState.OPEN:
                 raise ConnectionError("the WebSocket is closed")
             # Whatever queued up for this connection goes out in one write.
             data = frames[0][0] if len(frames) == 1 else b"".join(frame for frame, _ in frames)
-            await stream.send(Data(stream_id=stream.stream_id, data=data))
+            try:
+                async with asyncio.timeout(WRITE_TIMEOUT_S):
+                    await stream.send(Data(stream_id=stream.stream_id, data=data))
+            except TimeoutError:
+                # Not even our buffer drained in all that time: the client stopped reading.
+                if transport is not None:
+                    transport.abort()
+                raise ConnectionError("the client stopped reading") from None
 
         return write_frames
 
@@ -233,13 +288,34 @@ async def _refuse(scope: Scope, send: Send, problem: Problem) -> None:
         return
     body = problem_document(problem.status, problem.detail)
     headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
+    headers += [(name.lower().encode(), value.encode()) for name, value in problem.headers.items()]
     await send({"type": "websocket.http.response.start", "status": problem.status, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body})
 
 
-@blueprint.get("/events")
+def guard_events(scope: Scope, send: Send) -> Send:
+    """``GET /events`` at the ASGI level (see ``front``): keep the connection's transport in the
+    scope, so the stream can count what waits in its socket, and bound every write."""
+    transport = transport_of(send)
+    if transport is None:
+        return send
+    scope.setdefault("extensions", {})[_TRANSPORT_KEY] = transport
+
+    async def bounded_send(message: Message) -> None:
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                await send(message)
+        except TimeoutError:
+            # The client stopped reading: cut it off; Quart then hears of the disconnect.
+            transport.abort()
+
+    return bounded_send
+
+
+@blueprint.route("/events", methods=["GET", "HEAD"])
 async def events() -> Response:
     """Server-Sent Events stream (``id: <seq>``, ``event: message``, ``: ping``)."""
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     _check_origin(request.headers, services().settings.allowed_origins)
     # The browser's EventSource sends Last-Event-ID on reconnect (HTML Living Standard §9.2).
     last_event_id = request.headers.get("Last-Event-ID")
@@ -247,25 +323,37 @@ async def events() -> Response:
         after = _after(last_event_id, "Last-Event-ID")
     else:
         after = _after(request.args.get("after"), "after")
+    if request.method == "HEAD":
+        # The headers a GET would get, without a subscription that nobody would read.
+        return Response(b"", content_type="text/event-stream", headers=headers)
     found = services()
+    give_back = open_streams.take(found.settings.max_streams, "streams")
+    extensions: dict[str, Any] = request.scope.get("extensions") or {}
+    transport: asyncio.Transport | None = extensions.get(_TRANSPORT_KEY)
+    backlog = None if transport is None else functools.partial(queued_bytes, transport)
 
     async def stream() -> AsyncIterator[bytes]:
-        yield b"retry: 1000\n\n"
         try:
-            async with contextlib.aclosing(follow(found, after)) as deliveries_:
+            yield b"retry: 1000\n\n"
+            async with contextlib.aclosing(follow(found, after, backlog)) as deliveries_:
                 async for batch in deliveries_:
                     if batch is None:
                         yield b": ping\n\n"
                     else:
                         yield b"".join(item.sse_frame for item in batch)
-        except (Overflow, Closed):
-            # Ending the response makes EventSource reconnect with Last-Event-ID.
+        except Overflow:
+            # Ending the response makes EventSource reconnect with Last-Event-ID; a client that
+            # does not read cannot see the end either, so it is cut off if it stays stuck.
+            if transport is not None:
+                asyncio.get_running_loop().call_later(CLOSE_GRACE_S, _abort_if_backlogged, transport)
+        except Closed:
             return
+        finally:
+            give_back()
 
-    response = Response(
-        stream(),
-        content_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    body = stream()
+    # A stream that never starts (the client left at once) never runs its finally.
+    weakref.finalize(body, give_back)
+    response = Response(body, content_type="text/event-stream", headers=headers)
     response.timeout = None
     return response
