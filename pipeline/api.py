@@ -58,13 +58,12 @@ async def list_messages() -> Response:
     tail = _int_arg("tail", low=0)
     store = services().store
     try:
+        until = await store.latest_seq()
         if tail is not None:
-            first = await store.tail(tail if limit is None else min(tail, limit))
-            until = first[-1].seq if first else 0
-            limit = len(first)
-        else:
-            until = await store.latest_seq()
-            first = await store.after(after, _page_size(limit), until)
+            # Streamed like any read: from just before the newest ``tail``, page by page.
+            limit = tail if limit is None else min(tail, limit)
+            after = await store.tail_after(limit, until)
+        first = await store.after(after, _page_size(limit), until)
     except TRANSIENT_ERRORS:
         raise unavailable("The database") from None
 
@@ -75,7 +74,8 @@ async def list_messages() -> Response:
             chunk = ",".join(render(message) for message in page)
             yield (chunk if sent == 0 else "," + chunk).encode()
             sent += len(page)
-            if len(page) < _PAGE_ROWS or (limit is not None and sent >= limit):
+            # Pages are bounded by bytes as well as rows (Store.after): only an empty one ends.
+            if limit is not None and sent >= limit:
                 break
             page = await store.after(page[-1].seq, _page_size(None if limit is None else limit - sent), until)
         yield b"]"

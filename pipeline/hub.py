@@ -238,10 +238,10 @@ class Hub:
             except TRANSIENT_ERRORS as exc:
                 logger.warning("database unavailable while catching up: %s", exc)
                 return False
+            if not page:  # pages are bounded by bytes too: only an empty one is the end
+                return True
             for item in deliveries(page):
                 self._hand_out(item)
-            if len(page) < _FILL_PAGE:
-                return True
 
     def _hand_out(self, item: Delivery) -> None:
         self.last_seq = item.seq

@@ -87,11 +87,10 @@ async def follow(
 async def _replay(store: Store, after: int) -> AsyncIterator[list[Delivery]]:
     while True:
         page = await store.after(after, _REPLAY_PAGE)
-        if page:
-            yield deliveries(page)
-            after = page[-1].seq
-        if len(page) < _REPLAY_PAGE:
+        if not page:  # pages are bounded by bytes too: only an empty one is the end
             return
+        yield deliveries(page)
+        after = page[-1].seq
 
 
 def _check_origin(headers: Headers, allowed: frozenset[str] | None) -> None:

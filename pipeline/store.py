@@ -37,6 +37,9 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (peewee.OperationalError, peewee
 # Key of the Postgres advisory lock that orders writers (any constant shared by all writers).
 _SEQ_LOCK_KEY = 0x5E9_10C4
 _COLUMNS = "id, seq, payload, received_at, persisted_at"
+# What one read of messages holds at most (beyond a single larger message): reads stream page
+# by page, so this bounds a reader's memory whatever the messages' sizes (SPEC §3).
+PAGE_MAX_BYTES = 1024 * 1024
 
 
 class StoredMessage(peewee.Model):
@@ -147,19 +150,36 @@ class Store:
             return [Message._make(row) for row in cursor.fetchall()]
 
     # Reads ----------------------------------------------------------------------------
-    async def after(self, seq: int, limit: int, until: int | None = None) -> list[Message]:
-        """Up to ``limit`` messages with ``seq`` greater than ``seq`` (and at most ``until``)."""
-        return await self._call(self._after, seq, limit, until)
+    async def after(
+        self, seq: int, limit: int, until: int | None = None, *, max_bytes: int = PAGE_MAX_BYTES
+    ) -> list[Message]:
+        """Up to ``limit`` messages with ``seq`` greater than ``seq`` (and at most ``until``),
+        cut short once their payloads pass ``max_bytes`` (always at least one message): a page
+        of large messages holds a few of them, not ``limit``. An empty page means the end."""
+        return await self._call(self._after, seq, limit, until, max_bytes)
 
-    def _after(self, seq: int, limit: int, until: int | None) -> list[Message]:
+    def _after(self, seq: int, limit: int, until: int | None, max_bytes: int) -> list[Message]:
         p = self._param
         if until is None:
-            sql = f"SELECT {_COLUMNS} FROM message WHERE seq > {p} ORDER BY seq LIMIT {p}"
-            params: tuple[int, ...] = (seq, limit)
+            where = f"seq > {p}"
+            params: tuple[int, ...] = (seq,)
         else:
-            sql = f"SELECT {_COLUMNS} FROM message WHERE seq > {p} AND seq <= {p} ORDER BY seq LIMIT {p}"
-            params = (seq, until, limit)
-        return [Message._make(row) for row in self._execute(sql, params).fetchall()]
+            where = f"seq > {p} AND seq <= {p}"
+            params = (seq, until)
+        limit = self._rows_within(where, params, limit, max_bytes)
+        sql = f"SELECT {_COLUMNS} FROM message WHERE {where} ORDER BY seq LIMIT {p}"
+        return [Message._make(row) for row in self._execute(sql, (*params, limit)).fetchall()]
+
+    def _rows_within(self, where: str, params: tuple[int, ...], limit: int, max_bytes: int) -> int:
+        """How many of the next ``limit`` rows fit in ``max_bytes`` of payload (at least one),
+        asking the database for sizes only, so no payload is loaded to find out."""
+        sql = f"SELECT length(payload) FROM message WHERE {where} ORDER BY seq LIMIT {self._param}"
+        total = 0
+        for rows, (size,) in enumerate(self._execute(sql, (*params, limit)).fetchall()):
+            total += size
+            if total > max_bytes:
+                return max(rows, 1)
+        return limit
 
     async def tail(self, count: int) -> list[Message]:
         """The ``count`` newest messages, oldest first."""
@@ -169,6 +189,18 @@ class Store:
         sql = f"SELECT {_COLUMNS} FROM message ORDER BY seq DESC LIMIT {self._param}"
         rows = self._execute(sql, (count,)).fetchall()
         return [Message._make(row) for row in reversed(rows)]
+
+    async def tail_after(self, count: int, until: int) -> int:
+        """The ``seq`` after which lie the ``count`` newest messages up to ``until``."""
+        return await self._call(self._tail_after, count, until)
+
+    def _tail_after(self, count: int, until: int) -> int:
+        if count == 0:
+            return until
+        p = self._param
+        sql = f"SELECT seq FROM message WHERE seq <= {p} ORDER BY seq DESC LIMIT 1 OFFSET {p}"
+        row = self._execute(sql, (until, count - 1)).fetchone()
+        return int(row[0]) - 1 if row else 0
 
     async def get(self, message_id: str) -> Message | None:
         """One message by id, or None."""
