@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results: dict[str, list[dict[str, Any]]] = {"inflate": [], "reads": [], "writes": []}
     try:
-        with System("procfile", name="hostile") as system:
+        with System("procfile", name="hostile").start() as system:
             url = f"http://127.0.0.1:{system.port}"
             pid = system.pids["web"]
             with httpx.Client(base_url=url, timeout=60) as client:

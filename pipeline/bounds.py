@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import fcntl
+import socket
+import struct
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -124,6 +127,17 @@ def transport_of(send: Any) -> asyncio.Transport | None:
     except AttributeError:
         return None
     return transport if hasattr(transport, "get_write_buffer_size") else None
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Drop the connection at once, with what waits in its send queue (TCP RST). A plain close
+    would leave that queue to the kernel, which keeps trying to deliver it to a client that
+    does not read (an orphaned socket holding megabytes)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def queued_bytes(transport: asyncio.Transport) -> int:

@@ -44,7 +44,7 @@ class Settings:
     store_retry_base_s: float = 0.25
     # Bounds under attack (SPEC §8): streams open at once, request-body bytes read at once.
     max_streams: int = 10_000
-    max_bodies_in_flight_bytes: int = 64 * 1024 * 1024
+    max_bodies_in_flight_bytes: int = 32 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -81,7 +81,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         store_retry_base_s=_float("STORE_RETRY_BASE_S", get("STORE_RETRY_BASE_S"), 0.25, low=0.0),
         max_streams=_int("MAX_STREAMS", get("MAX_STREAMS"), 10_000, low=1),
         max_bodies_in_flight_bytes=_int(
-            "MAX_BODIES_IN_FLIGHT_BYTES", get("MAX_BODIES_IN_FLIGHT_BYTES"), 64 * 1024 * 1024, low=1
+            "MAX_BODIES_IN_FLIGHT_BYTES", get("MAX_BODIES_IN_FLIGHT_BYTES"), 32 * 1024 * 1024, low=1
         ),
     )
 

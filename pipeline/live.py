@@ -25,7 +25,7 @@ from werkzeug.datastructures import Headers
 from wsproto.connection import ConnectionState as WSState
 
 from .asgi import Message, Receive, Scope, Send
-from .bounds import open_streams, queued_bytes, transport_of, whole_number
+from .bounds import open_streams, queued_bytes, reset, transport_of, whole_number
 from .hub import Closed, Delivery, Overflow, deliveries, websocket_frame
 from .problems import Problem, problem_document
 from .services import Services, services
@@ -227,20 +227,31 @@ async def _stream_frames(
 
 
 async def _close_stalled(transport: asyncio.Transport | None, closing: Awaitable[None]) -> None:
-    """Say goodbye to a client that fell behind, then make sure it is gone: one that does not
-    read its socket cannot read a close either, and would hold its send queue forever."""
+    """Say goodbye to a client that fell behind, then make sure it is gone (see below)."""
     try:
         async with asyncio.timeout(WRITE_TIMEOUT_S):
             await closing
     except TimeoutError:
-        pass
+        if transport is not None:
+            reset(transport)
+        return
     if transport is not None:
-        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, _abort_if_backlogged, transport)
+        await _cut_off_if_stalled(transport)
 
 
-def _abort_if_backlogged(transport: asyncio.Transport) -> None:
-    if queued_bytes(transport):
-        transport.abort()
+async def _cut_off_if_stalled(transport: asyncio.Transport) -> None:
+    """Give the client CLOSE_GRACE_S to take what waits for it, else reset the connection.
+
+    One that does not read its socket cannot read a close either; closing the socket normally
+    would leave its send queue to the kernel (an orphan, still holding megabytes), so this has
+    to happen while the connection is still open."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CLOSE_GRACE_S
+    while queued_bytes(transport):
+        if loop.time() >= deadline:
+            reset(transport)
+            return
+        await asyncio.sleep(0.25)
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -268,7 +279,7 @@ def _frame_writer(send: Send, transport: asyncio.Transport | None) -> FrameWrite
             except TimeoutError:
                 # Not even our buffer drained in all that time: the client stopped reading.
                 if transport is not None:
-                    transport.abort()
+                    reset(transport)
                 raise ConnectionError("the client stopped reading") from None
 
         return write_frames
@@ -306,7 +317,7 @@ def guard_events(scope: Scope, send: Send) -> Send:
                 await send(message)
         except TimeoutError:
             # The client stopped reading: cut it off; Quart then hears of the disconnect.
-            transport.abort()
+            reset(transport)
 
     return bounded_send
 
@@ -344,7 +355,7 @@ async def events() -> Response:
             # Ending the response makes EventSource reconnect with Last-Event-ID; a client that
             # does not read cannot see the end either, so it is cut off if it stays stuck.
             if transport is not None:
-                asyncio.get_running_loop().call_later(CLOSE_GRACE_S, _abort_if_backlogged, transport)
+                await _cut_off_if_stalled(transport)
         except Closed:
             return
         finally:
