@@ -129,6 +129,15 @@ def transport_of(send: Any) -> asyncio.Transport | None:
     return transport if hasattr(transport, "get_write_buffer_size") else None
 
 
+def may_block(transport: asyncio.Transport | None, size: int) -> bool:
+    """Whether writing ``size`` more bytes may wait for the client (the writer drains once the
+    transport's buffer passes its high-water mark). Only such writes need a timeout, which
+    costs more than the write itself on the hot path."""
+    if transport is None:
+        return True
+    return transport.get_write_buffer_size() + size > transport.get_write_buffer_limits()[1]
+
+
 def reset(transport: asyncio.Transport) -> None:
     """Drop the connection at once, with what waits in its send queue (TCP RST). A plain close
     would leave that queue to the kernel, which keeps trying to deliver it to a client that

@@ -25,7 +25,7 @@ from werkzeug.datastructures import Headers
 from wsproto.connection import ConnectionState as WSState
 
 from .asgi import Message, Receive, Scope, Send
-from .bounds import open_streams, queued_bytes, reset, transport_of, whole_number
+from .bounds import may_block, open_streams, queued_bytes, reset, transport_of, whole_number
 from .hub import Closed, Delivery, Overflow, deliveries, websocket_frame
 from .problems import Problem, problem_document
 from .services import Services, services
@@ -273,6 +273,9 @@ def _frame_writer(send: Send, transport: asyncio.Transport | None) -> FrameWrite
                 raise ConnectionError("the WebSocket is closed")
             # Whatever queued up for this connection goes out in one write.
             data = frames[0][0] if len(frames) == 1 else b"".join(frame for frame, _ in frames)
+            if not may_block(transport, len(data)):
+                await stream.send(Data(stream_id=stream.stream_id, data=data))
+                return
             try:
                 async with asyncio.timeout(WRITE_TIMEOUT_S):
                     await stream.send(Data(stream_id=stream.stream_id, data=data))
@@ -312,6 +315,9 @@ def guard_events(scope: Scope, send: Send) -> Send:
     scope.setdefault("extensions", {})[_TRANSPORT_KEY] = transport
 
     async def bounded_send(message: Message) -> None:
+        if not may_block(transport, len(message.get("body", b""))):
+            await send(message)
+            return
         try:
             async with asyncio.timeout(WRITE_TIMEOUT_S):
                 await send(message)
