@@ -239,10 +239,10 @@ def subscribers(client: httpx.Client) -> int:
     [
         pytest.param("ws", 120, id="ws-12MB"),
         pytest.param("sse", 120, id="sse-12MB"),
-        # ~3 MB fits in the kernel's send queue (up to 4 MiB here): no write ever blocks, so
-        # only counting the socket's backlog notices this client.
-        pytest.param("ws", 30, id="ws-3MB"),
-        pytest.param("sse", 30, id="sse-3MB"),
+        # ~1.5 MB: about 1 MB of it sits in the kernel's send queue, the rest stays under the
+        # process's own 1 MiB bound; only counting the socket's backlog notices this client.
+        pytest.param("ws", 15, id="ws-1500KB"),
+        pytest.param("sse", 15, id="sse-1500KB"),
     ],
 )
 def test_a_client_that_never_reads_is_closed_within_30_s_while_others_keep_up(

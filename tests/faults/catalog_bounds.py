@@ -99,7 +99,7 @@ FAULTS: list[Fault] = [
         path="pipeline/hub.py",
         find="backlog is not None and self._bytes + backlog() > self._max_bytes:",
         replace="backlog is not None and False:",
-        tests=(_SLOW + "[ws-3MB]",),
+        tests=(_SLOW + "[ws-1500KB]",),
         guarantee="A client that stops reading is closed within 30 s, its socket's backlog counted",
     ),
     Fault(
@@ -107,7 +107,7 @@ FAULTS: list[Fault] = [
         path="pipeline/live.py",
         find="        if loop.time() >= deadline:\n            reset(transport)\n            return\n",
         replace="        if loop.time() >= deadline:\n            return\n",
-        tests=(_SLOW + "[ws-3MB]",),
+        tests=(_SLOW + "[ws-1500KB]",),
         guarantee="A client that stops reading is closed within 30 s, even one that cannot read its close",
     ),
     Fault(
