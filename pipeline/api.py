@@ -1,16 +1,20 @@
-"""HTTP routes: ingest, reads, health and the page. Input is validated here, at the edge."""
+"""HTTP routes: reads, health and the page. Input is validated here, at the edge.
+
+(Ingest is served in front of Quart: see ``front.ROUTES`` and ``ingest.serve_ingest``.)
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 import orjson
 from quart import Blueprint, Response, render_template, request
 
-from . import bus
+from . import bus, live
 from .bounds import whole_number
-from .ingest import accept, check_idempotency_key, check_token, unavailable
+from .ingest import unavailable
 from .messages import canonical_id, render
 from .problems import Problem
 from .services import services
@@ -20,22 +24,7 @@ blueprint = Blueprint("api", __name__)
 
 _PAGE_ROWS = 1000
 _HEALTH_TIMEOUT_S = 2.0
-
-
-@blueprint.route("/messages", methods=["POST", "PUT"])
-@blueprint.route("/json_dummy", methods=["POST", "PUT"])
-@blueprint.route("/json_dummy/", methods=["POST", "PUT"])
-async def ingest_route() -> Response:
-    """Accept one JSON document: queue it and answer 202 at once (see ``ingest``)."""
-    found = services()
-    check_token(found, request.headers.get("Authorization"))
-    key = check_idempotency_key(request.headers.get("Idempotency-Key"))
-    body = await request.get_data(cache=False)
-    assert isinstance(body, bytes)
-    answer = await accept(found, body, key)
-    return Response(
-        answer.body, status=answer.status, content_type=answer.content_type, headers=answer.headers
-    )
+T = TypeVar("T")
 
 
 def _int_arg(name: str, *, low: int) -> int | None:
@@ -140,8 +129,8 @@ async def healthz() -> Response:
         return await found.store.latest_seq()
 
     redis_result, database_result = await asyncio.gather(
-        asyncio.wait_for(redis_check(), _HEALTH_TIMEOUT_S),
-        asyncio.wait_for(database_check(), _HEALTH_TIMEOUT_S),
+        _within(_HEALTH_TIMEOUT_S, redis_check()),
+        _within(_HEALTH_TIMEOUT_S, database_check()),
         return_exceptions=True,
     )
     redis_ok = not isinstance(redis_result, BaseException)
@@ -162,11 +151,21 @@ async def healthz() -> Response:
             else {"ok": False, "error": _describe(database_result)}
         ),
         "worker": {"ok": worker_ok},
-        "live": {"subscribers": found.hub.subscriber_count, "last_seq": found.hub.last_seq},
+        "live": {
+            "subscribers": found.hub.subscriber_count,
+            "last_seq": found.hub.last_seq,
+            "websocket_writer": live.websocket_writer_in_use(),
+        },
     }
     if redis_ok:
         report["queue"] = {"queued": redis_result["queued"], "failed": redis_result["failed"]}  # type: ignore[index]
     return _json(report, 503 if status == "unavailable" else 200)
+
+
+async def _within(seconds: float, check: Awaitable[T]) -> T:
+    # Not asyncio.wait_for: it runs the check as another task and awaits it (see tasks.py).
+    async with asyncio.timeout(seconds):
+        return await check
 
 
 def _describe(error: object) -> str:

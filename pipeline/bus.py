@@ -8,6 +8,8 @@ The script also carries a deadline. A Redis that stops answering (paused, swappi
 runs the commands queued on its socket when it resumes; if the web process has answered 503
 by then, the job must not appear. So the script refuses to write once the deadline (taken
 shortly before the client's own timeout, on Redis's clock) has passed.
+
+It relies on redis-py's wording of a refused connection; ``contracts.py`` lists that and checks it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .contracts import REDIS_REFUSED_WORDING
 
 # redis-py types its commands for both its sync and async clients (``Awaitable[T] | T``), hence
 # the few "type: ignore[misc]" where we await one.
@@ -181,8 +185,8 @@ class Enqueuer:
                 break
             except RedisConnectionError as exc:
                 # redis-py words every failure to connect "Error ... connecting to ..."; any other
-                # connection error happened with the command possibly on its way.
-                maybe_sent = maybe_sent or "connecting to" not in str(exc)
+                # connection error happened with the command possibly on its way (contracts.py).
+                maybe_sent = maybe_sent or REDIS_REFUSED_WORDING not in str(exc)
                 if not maybe_sent or time.monotonic() + delay_s >= give_up_at:
                     # A refused connection settles it at once: nothing was sent, answer 503.
                     raise Unavailable(str(exc), outcome_known=not maybe_sent) from exc

@@ -1,10 +1,9 @@
 """Ingest: accepting one JSON document.
 
 :func:`accept` is what ``POST``/``PUT /messages`` does: validate the body, queue it, and say
-what to answer (after :func:`check_token` and :func:`check_idempotency_key`). Quart's route
-(``api.ingest_route``) calls it, and so does :func:`serve_ingest`, the same thing at the ASGI
-level that ``front`` serves: Quart's per-request work was about 40% of the web process's CPU
-per message.
+what to answer (after :func:`check_token` and :func:`check_idempotency_key`).
+:func:`serve_ingest` is the route itself, at the ASGI level, in front of Quart (see
+``front.ROUTES``): Quart's per-request work was about 40% of the web process's CPU per message.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from .problems import Problem, problem_document
 from .services import Services
 from .store import TRANSIENT_ERRORS
 
-INGEST_PATHS = frozenset({"/messages", "/json_dummy", "/json_dummy/"})
 RETRY_AFTER_S = "2"
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 BODY_TIMEOUT_S = 30.0
@@ -113,8 +111,7 @@ async def accept(found: Services, body: bytes, idempotency_key: str | None) -> A
 
 
 async def serve_ingest(found: Services, scope: Scope, receive: Receive, send: Send) -> None:
-    """``POST``/``PUT`` on an ingest path at the ASGI level (see ``front``): what the Quart route
-    does, without the framework's per-request work."""
+    """``POST``/``PUT`` on an ingest path, at the ASGI level (``front.ROUTES`` says which paths)."""
     headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
     try:
         check_token(found, headers.get("authorization"))

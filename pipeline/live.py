@@ -4,6 +4,9 @@ Both share :func:`follow`: replay what is stored after the client's ``seq`` from
 database, subscribe to the hub, replay once more to close the race between the two, then
 pass on live deliveries, dropping any ``seq`` already sent. Each stream therefore sees
 strictly increasing ``seq``, none twice and none missed, whichever process it reaches.
+
+The WebSocket writer uses hypercorn's internals (``WSStream``, its ``send``, ``stream_id`` and
+``closed``, the ``Data`` event, ``send.__self__``): ``contracts.py`` lists them and checks them.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from hypercorn.protocol.events import Data
 from hypercorn.protocol.ws_stream import WSStream
-from quart import Blueprint, Response, request, websocket
+from quart import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 from wsproto.connection import ConnectionState as WSState
 
@@ -38,7 +41,6 @@ _REPLAY_PAGE = 1000
 # RFC 6455 §7.4.1: 1001 "going away" (server stopping), 1013 "try again later" (too slow).
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
-WEBSOCKET_PATHS = frozenset({"/ws", "/json_dummy_ws"})
 EVENTS_PATHS = frozenset({"/events"})
 _TRANSPORT_KEY = "pipeline.transport"
 # A client whose send buffer has not drained for this long has stopped reading (SPEC §4: closed
@@ -112,53 +114,19 @@ def _after(raw: str | None, name: str) -> int | None:
     return None if raw is None else whole_number(raw, name)
 
 
-@blueprint.websocket("/ws")
-@blueprint.websocket("/json_dummy_ws")
-async def ws() -> None:
-    """WebSocket stream: ``{"event": "message"|"ping", "data": ...}`` text frames.
-
-    The web process serves this path with :func:`serve_websocket` (see ``front``), which sends
-    the same frames without Quart's per-message work; this route is the reference.
-    """
-    found = services()
-    _check_origin(websocket.headers, found.settings.allowed_origins)
-    after = _after(websocket.args.get("after"), "after")
-    await websocket.accept()
-    reader = asyncio.create_task(_discard_incoming())
-    try:
-        async with contextlib.aclosing(follow(found, after)) as stream:
-            async for batch in stream:
-                if batch is None:
-                    await websocket.send(_ping(found))
-                    continue
-                for item in batch:
-                    await websocket.send(item.ws_text)
-    except Overflow:
-        await websocket.close(CLOSE_TRY_AGAIN_LATER, _TOO_SLOW)
-    except Closed:
-        await websocket.close(CLOSE_GOING_AWAY, _GOING_AWAY)
-    finally:
-        reader.cancel()
-
-
-async def _discard_incoming() -> None:
-    # Clients have nothing to say; reading keeps frames from queueing up unread.
-    # (The server caps the size of one incoming message; see web.py.)
-    while True:
-        await websocket.receive()
-
-
 def _ping(found: Services) -> str:
     return f'{{"event":"ping","data":{{"seq":{found.hub.last_seq}}}}}'
 
 
 async def serve_websocket(found: Services, scope: Scope, receive: Receive, send: Send) -> None:
-    """The WebSocket stream at the ASGI level: what ``ws`` does, for the front layer.
+    """The WebSocket stream (``/ws``), at the ASGI level in front of Quart (see ``front.ROUTES``):
+    ``{"event": "message"|"ping", "data": ...}`` text frames.
 
     Every frame a stream sends is the same for all its subscribers, so the hub encodes it once
     and this writes those bytes straight to hypercorn's stream, skipping Quart and re-encoding
     (and per-connection compression: a server may always send a frame uncompressed, RFC 7692
-    §6). Where the server is not hypercorn it falls back to plain ASGI messages.
+    §6). Where the server is not hypercorn it falls back to plain ASGI messages, and says so:
+    :func:`websocket_writer_in_use` (``/healthz``) and a log line at first use.
     """
     if (await receive())["type"] != "websocket.connect":
         return
@@ -263,9 +231,38 @@ async def _until_disconnect(receive: Receive) -> None:
 FrameWriter = Callable[[list[tuple[bytes, str]]], Awaitable[None]]
 
 
+WRITER_RAW = "hypercorn-raw"  # each frame's bytes, encoded once, straight to hypercorn's stream
+WRITER_ASGI = "asgi"  # plain ASGI messages: each frame re-encoded for each connection
+_writer_in_use: str | None = None
+
+
+def websocket_writer_in_use() -> str | None:
+    """The writer this process's WebSocket streams use (None before the first stream)."""
+    return _writer_in_use
+
+
+def _note_writer(writer: str, send: Send) -> None:
+    global _writer_in_use
+    if _writer_in_use == writer:
+        return
+    _writer_in_use = writer
+    if writer == WRITER_RAW:
+        logger.info("WebSocket frames are written by the %s writer", writer)
+    else:
+        # Under hypercorn this means its internals changed (see contracts.py): still correct,
+        # but every frame is encoded once per connection again.
+        logger.warning(
+            "WebSocket frames are written by the %s writer: the server's send (%r) is not "
+            "hypercorn's WSStream, so each frame is encoded once per connection",
+            writer,
+            send,
+        )
+
+
 def _frame_writer(send: Send, transport: asyncio.Transport | None) -> FrameWriter:
     stream = getattr(send, "__self__", None)
     if isinstance(stream, WSStream):
+        _note_writer(WRITER_RAW, send)
 
         async def write_frames(frames: list[tuple[bytes, str]]) -> None:
             # Closed, or closing (hypercorn sent a close itself, e.g. 1009 for a big frame).
@@ -286,6 +283,8 @@ def _frame_writer(send: Send, transport: asyncio.Transport | None) -> FrameWrite
                 raise ConnectionError("the client stopped reading") from None
 
         return write_frames
+
+    _note_writer(WRITER_ASGI, send)
 
     async def send_texts(frames: list[tuple[bytes, str]]) -> None:
         for _, text in frames:

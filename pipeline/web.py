@@ -22,8 +22,8 @@ from hypercorn.config import Config
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.typing import ASGIFramework
 
+from . import contracts
 from .app import close_streams, create_app
-from .asgi import ASGIApp
 from .config import Settings
 from .front import Front
 
@@ -70,6 +70,7 @@ def shared_listener(host: str, port: int) -> socket.socket:
 async def serve(settings: Settings, *, share_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT, then close streams and stop accepting."""
     _http1_only()
+    await contracts.check_redis()
     app = create_app(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -81,7 +82,7 @@ async def serve(settings: Settings, *, share_port: bool = False) -> None:
         close_streams(app)
 
     # Ingest and WebSocket streams are served in front of Quart (see front.py).
-    served = cast(ASGIFramework, Front(cast(ASGIApp, app), app.extensions))
+    served = cast(ASGIFramework, Front(app))
     listener = shared_listener(settings.host, settings.port) if share_port else None
     config = hypercorn_config(settings, shared_port=listener)
     await hypercorn_serve(served, config, shutdown_trigger=shutdown_trigger)
@@ -89,4 +90,5 @@ async def serve(settings: Settings, *, share_port: bool = False) -> None:
 
 def run(settings: Settings, *, share_port: bool = False) -> None:
     """Run one web process."""
+    contracts.check()
     uvloop.run(serve(settings, share_port=share_port))

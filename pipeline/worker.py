@@ -19,7 +19,7 @@ import uvloop
 from arq import Retry
 from arq.worker import func
 
-from . import bus
+from . import bus, contracts
 from .config import Settings
 from .messages import utc_timestamp
 from .runner import BatchingWorker
@@ -119,6 +119,7 @@ def create_worker(settings: Settings, *, handle_signals: bool = True) -> Batchin
 
 def run(settings: Settings) -> None:
     """Run a worker (on uvloop) until SIGINT/SIGTERM."""
+    contracts.check()
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.set_event_loop(asyncio.new_event_loop())
     create_worker(settings).run()
