@@ -173,13 +173,21 @@ class Store:
     def _rows_within(self, where: str, params: tuple[int, ...], limit: int, max_bytes: int) -> int:
         """How many of the next ``limit`` rows fit in ``max_bytes`` of payload (at least one),
         asking the database for sizes only, so no payload is loaded to find out."""
-        sql = f"SELECT length(payload) FROM message WHERE {where} ORDER BY seq LIMIT {self._param}"
-        total = 0
-        for rows, (size,) in enumerate(self._execute(sql, (*params, limit)).fetchall()):
-            total += size
-            if total > max_bytes:
-                return max(rows, 1)
-        return limit
+        # Postgres's octet_length reads a stored value's size without fetching it; SQLite's
+        # length reads the text, so its rows are stepped one by one and the query stops as soon
+        # as the page is full (a page of 1 MB messages must not read the next thousand).
+        size_of = "octet_length" if self._is_postgres else "length"
+        sql = f"SELECT {size_of}(payload) FROM message WHERE {where} ORDER BY seq LIMIT {self._param}"
+        cursor = self._execute(sql, (*params, limit))
+        try:
+            total = 0
+            for rows, (size,) in enumerate(cursor):
+                total += size
+                if total > max_bytes:
+                    return max(rows, 1)
+            return limit
+        finally:
+            cursor.close()
 
     async def tail(self, count: int) -> list[Message]:
         """The ``count`` newest messages, oldest first."""
