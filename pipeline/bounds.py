@@ -6,8 +6,8 @@
   write buffer *and* in the kernel's send queue, so a client that stops reading is noticed even
   once its backlog has left the process.
 
-Hypercorn internals relied on here (checked by ``tests/test_hostile.py``): an ASGI ``send`` is
-a bound method of hypercorn's ``HTTPStream``/``WSStream``, whose ``send`` is bound to
+Hypercorn internals relied on here (listed and checked in ``contracts.py``): an ASGI ``send``
+is a bound method of hypercorn's ``HTTPStream``/``WSStream``, whose ``send`` is bound to
 ``H11Protocol``, whose ``send`` is bound to the asyncio ``TCPServer`` holding ``writer``.
 """
 
