@@ -12,10 +12,11 @@ from typing import TypeVar
 import orjson
 from quart import Blueprint, Response, render_template, request
 
-from . import bus, live
+from . import bus, export, live, metrics
 from .bounds import whole_number
 from .ingest import unavailable
 from .messages import canonical_id, render
+from .ops import retention
 from .problems import Problem
 from .services import services
 from .store import TRANSIENT_ERRORS
@@ -54,22 +55,24 @@ async def list_messages() -> Response:
             after = await store.tail_after(limit, until)
         first = await store.after(after, _page_size(limit), until)
     except TRANSIENT_ERRORS:
-        raise unavailable("The database") from None
+        raise unavailable("The database", "database-unavailable") from None
+
+    framing = export.framing(request.headers.get("Accept"))
 
     async def pages() -> AsyncIterator[bytes]:
         page, sent = first, 0
-        yield b"["
+        yield framing.start
         while page:
-            chunk = ",".join(render(message) for message in page)
-            yield (chunk if sent == 0 else "," + chunk).encode()
+            chunk = framing.join(render(message) for message in page)
+            yield (chunk if sent == 0 else framing.between + chunk).encode()
             sent += len(page)
             # Pages are bounded by bytes as well as rows (Store.after): only an empty one ends.
             if limit is not None and sent >= limit:
                 break
             page = await store.after(page[-1].seq, _page_size(None if limit is None else limit - sent), until)
-        yield b"]"
+        yield framing.end
 
-    response = Response(pages(), content_type="application/json")
+    response = Response(pages(), content_type=framing.content_type, headers={"Vary": "Accept"})
     response.timeout = None
     return response
 
@@ -95,7 +98,7 @@ async def get_message(message_id: str) -> Response:
     try:
         message = await found.store.get(canonical)
     except TRANSIENT_ERRORS:
-        raise unavailable("The database") from None
+        raise unavailable("The database", "database-unavailable") from None
     if message is not None:
         return Response(render(message), content_type="application/json")
     if queued:
@@ -120,10 +123,11 @@ async def healthz() -> Response:
 
     async def redis_check() -> dict[str, object]:
         await found.redis.ping()
-        worker_alive, queued, failed = await asyncio.gather(
-            bus.worker_alive(found.redis), found.redis.zcard(bus.QUEUE_NAME), bus.failure_count(found.redis)
+        worker_alive, (queued, oldest_age_s), failed = await asyncio.gather(
+            bus.worker_alive(found.redis), metrics.queue_state(found.redis), bus.failure_count(found.redis)
         )
-        return {"worker": worker_alive, "queued": queued, "failed": failed}
+        age = None if oldest_age_s is None else round(oldest_age_s, 3)
+        return {"worker": worker_alive, "queued": queued, "failed": failed, "oldest_age_s": age}
 
     async def database_check() -> int:
         return await found.store.latest_seq()
@@ -158,7 +162,8 @@ async def healthz() -> Response:
         },
     }
     if redis_ok:
-        report["queue"] = {"queued": redis_result["queued"], "failed": redis_result["failed"]}  # type: ignore[index]
+        report["queue"] = {key: redis_result[key] for key in ("queued", "failed", "oldest_age_s")}  # type: ignore[index]
+    report["retention"] = retention(found.settings)
     return _json(report, 503 if status == "unavailable" else 200)
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from dataclasses import dataclass, field
 
 import orjson
 
-from . import bus
+from . import bus, metrics, shedding
 from .asgi import Receive, Scope, Send
 from .bounds import bodies_in_flight
 from .messages import InvalidBody, new_id, parse_body, utc_timestamp
@@ -53,9 +54,11 @@ async def _surely_not_queued(found: Services, message_id: str) -> bool | None:
         return None
 
 
-def unavailable(what: str) -> Problem:
+def unavailable(what: str, kind: str = "redis-unavailable") -> Problem:
     """503: a dependency cannot take the request now; nothing was done."""
-    return Problem(503, f"{what} is unavailable; try again shortly.", headers={"Retry-After": RETRY_AFTER_S})
+    return Problem(
+        503, f"{what} is unavailable; try again shortly.", headers={"Retry-After": RETRY_AFTER_S}, kind=kind
+    )
 
 
 def check_token(found: Services, authorization: str | None) -> None:
@@ -85,6 +88,7 @@ async def accept(found: Services, body: bytes, idempotency_key: str | None) -> A
         payload = parse_body(body)
     except InvalidBody as exc:
         raise Problem(400, str(exc)) from None
+    await shedding.check(found.redis, found.settings.max_queue_depth)
     message_id, received_at = new_id(), utc_timestamp()
     try:
         accepted = await found.enqueuer.enqueue(
@@ -102,6 +106,7 @@ async def accept(found: Services, body: bytes, idempotency_key: str | None) -> A
                 "exactly once.",
                 headers={"Retry-After": RETRY_AFTER_S},
                 extensions={"outcome": "unknown"},
+                kind="outcome-unknown",
             ) from None
         accepted = bus.Accepted(message_id, received_at)
     except bus.IdempotencyConflict as exc:
@@ -112,6 +117,8 @@ async def accept(found: Services, body: bytes, idempotency_key: str | None) -> A
 
 async def serve_ingest(found: Services, scope: Scope, receive: Receive, send: Send) -> None:
     """``POST``/``PUT`` on an ingest path, at the ASGI level (``front.ROUTES`` says which paths)."""
+    started_s = time.perf_counter()
+    body: bytes | None = None
     headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
     try:
         check_token(found, headers.get("authorization"))
@@ -127,7 +134,7 @@ async def serve_ingest(found: Services, scope: Scope, receive: Receive, send: Se
     except Problem as problem:
         answer = Answer(
             problem.status,
-            problem_document(problem.status, problem.detail, problem.extensions),
+            problem_document(problem.status, problem.detail, problem.extensions, problem.kind),
             problem.headers,
             "application/problem+json",
         )
@@ -139,6 +146,7 @@ async def serve_ingest(found: Services, scope: Scope, receive: Receive, send: Se
     ]
     await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": answer.body})
+    metrics.ingested(answer.status, None if body is None else len(body), started_s)
 
 
 def _reserve_body(found: Services, content_length: str | None) -> int:

@@ -27,6 +27,7 @@ from quart import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 from wsproto.connection import ConnectionState as WSState
 
+from . import metrics
 from .asgi import Message, Receive, Scope, Send
 from .bounds import may_block, open_streams, queued_bytes, reset, transport_of, whole_number
 from .hub import Closed, Delivery, Overflow, deliveries, websocket_frame
@@ -153,9 +154,11 @@ async def _serve_accepted(found: Services, after: int | None, receive: Receive, 
     streaming = asyncio.create_task(_stream_frames(found, after, write, send, transport))
     # The client may go away at any time; then the stream (and its subscription) must end.
     listening = asyncio.create_task(_until_disconnect(receive))
+    metrics.stream_opened("ws")
     try:
         await asyncio.wait({streaming, listening}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        metrics.stream_closed("ws")
         for task in (streaming, listening):
             task.cancel()
         outcomes = await asyncio.gather(streaming, listening, return_exceptions=True)
@@ -187,7 +190,9 @@ async def _stream_frames(
                     await write([(websocket_frame(ping), ping)])
                 else:
                     await write([(item.ws_frame, item.ws_text) for item in batch])
+                    metrics.delivered("ws", batch)
     except Overflow:
+        metrics.closed_slow("ws")
         closing = send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER, "reason": _TOO_SLOW})
         await _close_stalled(transport, closing)
     except Closed:
@@ -298,7 +303,7 @@ async def _refuse(scope: Scope, send: Send, problem: Problem) -> None:
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": 1008})
         return
-    body = problem_document(problem.status, problem.detail)
+    body = problem_document(problem.status, problem.detail, problem.extensions, problem.kind)
     headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
     headers += [(name.lower().encode(), value.encode()) for name, value in problem.headers.items()]
     await send({"type": "websocket.http.response.start", "status": problem.status, "headers": headers})
@@ -350,19 +355,25 @@ async def events() -> Response:
     async def stream() -> AsyncIterator[bytes]:
         try:
             yield b"retry: 1000\n\n"
-            async with contextlib.aclosing(follow(found, after, backlog)) as deliveries_:
-                async for batch in deliveries_:
-                    if batch is None:
-                        yield b": ping\n\n"
-                    else:
-                        yield b"".join(item.sse_frame for item in batch)
-        except Overflow:
-            # Ending the response makes EventSource reconnect with Last-Event-ID; a client that
-            # does not read cannot see the end either, so it is cut off if it stays stuck.
-            if transport is not None:
-                await _cut_off_if_stalled(transport)
-        except Closed:
-            return
+            metrics.stream_opened("sse")
+            try:
+                async with contextlib.aclosing(follow(found, after, backlog)) as deliveries_:
+                    async for batch in deliveries_:
+                        if batch is None:
+                            yield b": ping\n\n"
+                        else:
+                            yield b"".join(item.sse_frame for item in batch)
+                            metrics.delivered("sse", batch)
+            except Overflow:
+                # Ending the response makes EventSource reconnect with Last-Event-ID; a client
+                # that does not read cannot see the end either, so it is cut off if stuck.
+                metrics.closed_slow("sse")
+                if transport is not None:
+                    await _cut_off_if_stalled(transport)
+            except Closed:
+                pass
+            finally:
+                metrics.stream_closed("sse")
         finally:
             give_back()
 
