@@ -20,6 +20,7 @@ import fcntl
 import socket
 import struct
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -147,6 +148,26 @@ def reset(transport: asyncio.Transport) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
+
+
+class SocketBacklog:
+    """:func:`queued_bytes` of one stream's connection, as a callable that reads the kernel at
+    most every ``interval_s``: streams ask before every batch they send, and an ioctl per
+    delivery showed in the fan-out's CPU."""
+
+    def __init__(self, transport: asyncio.Transport, interval_s: float = 0.25) -> None:
+        self._transport = transport
+        self._interval_s = interval_s
+        self._next_read = 0.0
+        self._last = 0
+
+    def __call__(self) -> int:
+        now = time.monotonic()
+        if now >= self._next_read:
+            self._next_read = now + self._interval_s
+            # A closed connection's descriptor may already belong to another one.
+            self._last = 0 if self._transport.is_closing() else queued_bytes(self._transport)
+        return self._last
 
 
 def queued_bytes(transport: asyncio.Transport) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 import weakref
@@ -29,7 +28,15 @@ from wsproto.connection import ConnectionState as WSState
 
 from . import metrics
 from .asgi import Message, Receive, Scope, Send
-from .bounds import may_block, open_streams, queued_bytes, reset, transport_of, whole_number
+from .bounds import (
+    SocketBacklog,
+    may_block,
+    open_streams,
+    queued_bytes,
+    reset,
+    transport_of,
+    whole_number,
+)
 from .hub import Closed, Delivery, Overflow, deliveries, websocket_frame
 from .problems import Problem, problem_document
 from .services import Services, services
@@ -181,7 +188,7 @@ def _offer_no_compression(send: Send) -> None:
 async def _stream_frames(
     found: Services, after: int | None, write: FrameWriter, send: Send, transport: asyncio.Transport | None
 ) -> None:
-    backlog = None if transport is None else functools.partial(queued_bytes, transport)
+    backlog = None if transport is None else SocketBacklog(transport)
     try:
         async with contextlib.aclosing(follow(found, after, backlog)) as stream:
             async for batch in stream:
@@ -350,7 +357,7 @@ async def events() -> Response:
     give_back = open_streams.take(found.settings.max_streams, "streams")
     extensions: dict[str, Any] = request.scope.get("extensions") or {}
     transport: asyncio.Transport | None = extensions.get(_TRANSPORT_KEY)
-    backlog = None if transport is None else functools.partial(queued_bytes, transport)
+    backlog = None if transport is None else SocketBacklog(transport)
 
     async def stream() -> AsyncIterator[bytes]:
         try:
