@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .asgi import Send
+from .asgi import ASGIApp, Receive, Scope, Send
 from .problems import Problem, problem_document
 
 # SQLite and Postgres integers are signed 64-bit (SPEC §3: values up to 2^63-1).
@@ -113,6 +113,21 @@ async def refuse_ambiguous_framing(send: Send) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class RefuseAmbiguousFraming:
+    """The outermost ASGI layer: a request with both Content-Length and Transfer-Encoding is
+    400 and its connection closed, before any other check can answer it on a connection that
+    stays open (and would then run the request smuggled behind it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and ambiguous_framing(scope["headers"]):
+            await refuse_ambiguous_framing(send)
+            return
+        await self.app(scope, receive, send)
 
 
 # One of each per web process.

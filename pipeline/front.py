@@ -25,7 +25,6 @@ from typing import Any, cast
 from quart import Quart
 
 from .asgi import ASGIApp, Receive, Scope, Send
-from .bounds import ambiguous_framing, refuse_ambiguous_framing
 from .ingest import serve_ingest
 from .live import CLOSE_TRY_AGAIN_LATER, EVENTS_PATHS, guard_events, serve_websocket
 from .problems import problem_document
@@ -82,9 +81,6 @@ class Front:
                 )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and ambiguous_framing(scope["headers"]):
-            await refuse_ambiguous_framing(send)
-            return
         handler = self._handlers.get((scope["type"], scope.get("method", "GET"), scope.get("path", "")))
         if handler is None:
             if scope["type"] == "http" and scope.get("path") in EVENTS_PATHS:

@@ -18,12 +18,11 @@ import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from hypercorn.protocol.events import Data
 from hypercorn.protocol.ws_stream import WSStream
 from quart import Blueprint, Response, request
-from werkzeug.datastructures import Headers
 from wsproto.connection import ConnectionState as WSState
 
 from . import metrics
@@ -103,21 +102,6 @@ async def _replay(store: Store, after: int) -> AsyncIterator[list[Delivery]]:
         after = page[-1].seq
 
 
-def _check_origin(headers: Headers, allowed: frozenset[str] | None) -> None:
-    """Refuse a browser whose page is on another origin (clients without Origin pass)."""
-    origin = headers.get("Origin")
-    if origin is None:
-        return
-    normalized = origin.strip().rstrip("/").lower()
-    if allowed is None:
-        host = (headers.get("Host") or "").lower()
-        if urlsplit(normalized).netloc == host:
-            return
-    elif "*" in allowed or normalized in allowed:
-        return
-    raise Problem(403, f"Origin {origin!r} may not open streams here (see ALLOWED_ORIGINS).")
-
-
 def _after(raw: str | None, name: str) -> int | None:
     return None if raw is None else whole_number(raw, name)
 
@@ -138,10 +122,8 @@ async def serve_websocket(found: Services, scope: Scope, receive: Receive, send:
     """
     if (await receive())["type"] != "websocket.connect":
         return
-    headers = Headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]])
     query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
     try:
-        _check_origin(headers, found.settings.allowed_origins)
         after = _after(query.get("after", [None])[0], "after")
         give_back = open_streams.take(found.settings.max_streams, "streams")
     except Problem as problem:
@@ -343,7 +325,7 @@ def guard_events(scope: Scope, send: Send) -> Send:
 async def events() -> Response:
     """Server-Sent Events stream (``id: <seq>``, ``event: message``, ``: ping``)."""
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    _check_origin(request.headers, services().settings.allowed_origins)
+    # (Origin and tokens were checked before this runs: see access.py.)
     # The browser's EventSource sends Last-Event-ID on reconnect (HTML Living Standard §9.2).
     last_event_id = request.headers.get("Last-Event-ID")
     if last_event_id:

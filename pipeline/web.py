@@ -25,7 +25,9 @@ from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.typing import ASGIFramework
 
 from . import contracts
+from .access import Access
 from .app import close_streams, create_app
+from .bounds import RefuseAmbiguousFraming
 from .config import Settings
 from .front import Front
 
@@ -76,8 +78,10 @@ async def serve(settings: Settings, listener: socket.socket) -> None:
         await stopping.wait()
         close_streams(app)
 
-    # Ingest and WebSocket streams are served in front of Quart (see front.py).
-    served = cast(ASGIFramework, Front(app))
+    # Ingest and WebSocket streams are served in front of Quart (see front.py); the access
+    # checks (access.py) come before both.
+    # Outermost: a request that says both Content-Length and Transfer-Encoding (bounds.py).
+    served = cast(ASGIFramework, RefuseAmbiguousFraming(Access(Front(app), settings)))
     config = hypercorn_config(settings, shared_port=listener)
     try:
         await hypercorn_serve(served, config, shutdown_trigger=shutdown_trigger)

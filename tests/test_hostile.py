@@ -467,12 +467,16 @@ def smuggled_put(port: int) -> bytes:
         pytest.param("GET /", id="get-page"),
     ],
 )
+@pytest.mark.parametrize(
+    "host", [pytest.param("127.0.0.1:{port}", id="host"), pytest.param("evil.example", id="bad-host")]
+)
 def test_content_length_with_transfer_encoding_is_refused_and_the_connection_closed(
-    service: Service, framing: str, method_path: str
+    service: Service, framing: str, method_path: str, host: str
 ) -> None:
     inner = smuggled_put(service.port)
     chunked = b"0\r\n\r\n" + inner
-    head = f"{method_path} HTTP/1.1\r\nHost: 127.0.0.1:{service.port}\r\n" + framing.format(n=len(chunked))
+    host = host.format(port=service.port)
+    head = f"{method_path} HTTP/1.1\r\nHost: {host}\r\n" + framing.format(n=len(chunked))
     data = exchange(service.port, head.encode() + b"\r\n" + chunked)
     status = int(data.split(b" ", 2)[1])
     assert status == 400, data[:500]

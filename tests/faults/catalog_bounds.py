@@ -77,12 +77,14 @@ FAULTS: list[Fault] = [
     ),
     Fault(
         name="content-length-with-transfer-encoding-allowed",
-        path="pipeline/front.py",
+        path="pipeline/bounds.py",
         find='        if scope["type"] == "http" and ambiguous_framing(scope["headers"]):\n',
         replace="        if False:\n",
         tests=(
             _HOSTILE
-            + "test_content_length_with_transfer_encoding_is_refused_and_the_connection_closed[put-cl-te]",
+            + "test_content_length_with_transfer_encoding_is_refused_and_the_connection_closed[host-put-cl-te]",
+            _HOSTILE
+            + "test_content_length_with_transfer_encoding_is_refused_and_the_connection_closed[bad-host-put-cl-te]",
         ),
         guarantee="A request with both Content-Length and Transfer-Encoding is refused and closed",
     ),
