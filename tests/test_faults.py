@@ -25,8 +25,12 @@ from tests.support import (
     RedisServer,
     RunPy,
     Sender,
+    SqliteLock,
     assert_stored_exactly_once,
+    count_rows,
     free_port,
+    in_progress,
+    queued,
     send,
     stored,
     wait_until,
@@ -39,41 +43,113 @@ def report(name: str, **figures: object) -> None:
     print(f"\n[{name}] " + " ".join(f"{key}={value}" for key, value in figures.items()))
 
 
-def test_worker_killed_mid_load_loses_nothing(service: tuple[Pipeline, httpx.Client]) -> None:
+def _claimed_while_locked(pipeline: Pipeline, database: Path, at_least: int) -> tuple[SqliteLock, set[str]]:
+    """Hold the database's write lock until the worker has claimed ``at_least`` jobs: they are
+    then provably mid-job (claimed, their rows waiting to commit), not done and not yet started."""
+
+    def claimed() -> set[str] | None:
+        ids = in_progress(pipeline.redis_url)
+        return ids if len(ids) >= at_least else None
+
+    lock = SqliteLock(database)
+    try:
+        # Well within the worker's busy timeout (3 s), so the jobs are still waiting on the lock.
+        ids: set[str] = wait_until(claimed, timeout_s=2.0, interval_s=0.01)
+    except BaseException:
+        lock.release()
+        raise
+    return lock, ids
+
+
+def test_worker_killed_mid_load_loses_nothing(service: tuple[Pipeline, httpx.Client], tmp_path: Path) -> None:
     pipeline, client = service
     sender = Sender([str(client.base_url)], interval_s=0.004)
     sender.start()
-    time.sleep(1.5)
-    pipeline.stop_workers(sig=signal.SIGKILL)
-    killed_at = time.monotonic()
+    time.sleep(1.0)
+    stored_before = count_rows(tmp_path / "pipeline.db")
+    # Killed while a batch is committing: its jobs are claimed, their rows not yet stored.
+    lock, claimed = _claimed_while_locked(pipeline, tmp_path / "pipeline.db", at_least=5)
+    try:
+        pipeline.stop_workers(sig=signal.SIGKILL)
+        killed_at = time.monotonic()
+    finally:
+        lock.release()
+    assert count_rows(tmp_path / "pipeline.db") == stored_before
     time.sleep(1.0)  # messages keep arriving with no worker at all
     pipeline.start_worker()
     time.sleep(1.0)
     sender.stop()
-    rows = assert_stored_exactly_once(client, sender)
+    rows = assert_stored_exactly_once(client, sender, timeout_s=20)
     recovered_s = time.monotonic() - killed_at
+    assert claimed <= {row["id"] for row in rows}
     report(
-        "worker kill -9", accepted=len(sender.accepted), stored=len(rows), recovered_s=f"{recovered_s:.1f}"
+        "worker kill -9",
+        accepted=len(sender.accepted),
+        killed_mid_job=len(claimed),
+        stored=len(rows),
+        recovered_s=f"{recovered_s:.1f}",
     )
     assert sender.refused == [] and len(sender.accepted) > 100
     # A killed worker's jobs come back once their in-progress key expires (6 s, worker.py).
     assert recovered_s < 15
 
 
-def test_worker_sigterm_hands_back_its_jobs(service: tuple[Pipeline, httpx.Client]) -> None:
+def test_worker_sigterm_hands_back_its_jobs(service: tuple[Pipeline, httpx.Client], tmp_path: Path) -> None:
     pipeline, client = service
     sender = Sender([str(client.base_url)], interval_s=0.002)
     sender.start()
     time.sleep(1.0)
     (worker,) = pipeline.workers
-    started = time.monotonic()
-    pipeline.stop_workers(sig=signal.SIGTERM)
+    # SIGTERM while jobs are running (their rows wait on the lock): after its grace period (2 s)
+    # the worker interrupts them, and must hand them back rather than drop them.
+    lock, claimed = _claimed_while_locked(pipeline, tmp_path / "pipeline.db", at_least=5)
+    try:
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        # Every job it held ends (interrupted, or retried after the lock's timeout) before any can
+        # be stored: the lock is kept until then.
+        wait_until(lambda: not in_progress(pipeline.redis_url), timeout_s=10, interval_s=0.02)
+    finally:
+        lock.release()
+    worker.wait(10)
     assert worker.returncode == 0 and time.monotonic() - started < 5
+    pipeline.workers = []
     pipeline.start_worker()
     time.sleep(0.5)
     sender.stop()
     rows = assert_stored_exactly_once(client, sender, timeout_s=20)
-    report("worker SIGTERM", accepted=len(sender.accepted), stored=len(rows))
+    assert claimed <= {row["id"] for row in rows}
+    report("worker SIGTERM", accepted=len(sender.accepted), interrupted=len(claimed), stored=len(rows))
+
+
+def test_a_job_run_twice_stores_one_row(service: tuple[Pipeline, httpx.Client], redis_server: RedisServer,
+                                        tmp_path: Path) -> None:  # fmt: skip
+    """A worker killed after its rows committed but before it told Redis: the jobs run again."""
+    pipeline, client = service
+    database = tmp_path / "pipeline.db"
+    lock = SqliteLock(database)
+    try:
+        ids = [send(client, {"twice": n}).json()["id"] for n in range(20)]
+        wait_until(lambda: set(ids) <= in_progress(pipeline.redis_url), timeout_s=5)
+        # Redis stops: from now on the worker can store but can tell Redis nothing.
+        redis_server.pause()
+    finally:
+        lock.release()
+    try:
+        wait_until(lambda: count_rows(database) == 20, timeout_s=5)
+        pipeline.stop_workers(sig=signal.SIGKILL)
+    finally:
+        redis_server.resume()
+    assert set(ids) <= in_progress(pipeline.redis_url)  # unacknowledged: they will run again
+    pipeline.start_worker()
+    later = [send(client, {"later": n}).json()["id"] for n in range(5)]
+    # The jobs run again once their in-progress keys expire (6 s), alongside the later messages.
+    wait_until(lambda: queued(pipeline.redis_url) == 0, timeout_s=20, interval_s=0.1)
+    rows = stored(client)
+    assert [row["id"] for row in rows] == ids + later
+    health = client.get("/healthz").json()
+    assert health["queue"]["failed"] == 0 and health["status"] == "ok"
+    assert all(client.get(f"/messages/{i}").status_code == 200 for i in ids + later)
 
 
 def test_everything_killed_at_once_then_restarted(tmp_path: Path) -> None:
