@@ -7,6 +7,8 @@ stored message once, in order.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -17,10 +19,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.sync.client import connect as ws_connect
 
 from tests.support import (
     RUN_PY,
     Follower,
+    Gate,
     Pipeline,
     RedisServer,
     RunPy,
@@ -304,3 +308,64 @@ def test_postgres_connections_lost_under_load(
         assert terminated > 0
     finally:
         pipeline.stop()
+
+
+def test_live_streams_across_a_lost_notification(
+    pipeline: Pipeline, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Worker A stores a message, but its path to Redis stalls first, so the notification is lost;
+    worker B then stores the next one. On SQLite too, every live stream shows both, in order, once:
+    the hub reads the gap from the database before handing out past it, and a stream that replayed
+    the first message from the database does not get it again from the hub."""
+    database = tmp_path / "pipeline.db"
+    gate = Gate(redis_server.port)
+    gate.start()
+    url = pipeline.start_web()
+    worker_a = pipeline.start_worker(REDIS_URL=gate.url)
+    worker_b = pipeline.start_worker()
+    pipeline.wait_healthy(url)
+    follower = Follower(url, transport="ws", after=0)
+    follower.start()
+    assert follower.connected.wait(10)
+    client = httpx.Client(base_url=url, timeout=10)
+    try:
+        for round_ in range(3):
+            rows = stored(client)
+            previous = rows[-1]["seq"] if rows else 0
+            with contextlib.ExitStack() as stack:
+                stack.callback(gate.open)
+                worker_b.send_signal(signal.SIGSTOP)  # only worker A can take the first message
+                try:
+                    lock = SqliteLock(database)
+                    try:
+                        first = send(client, {"round": round_, "by": "a"}).json()["id"]
+                        wait_until(lambda: first in in_progress(pipeline.redis_url), timeout_s=10)  # noqa: B023
+                        gate.shut()  # A has claimed it; whatever A tells Redis from now on is lost
+                    finally:
+                        lock.release()
+                    wait_until(lambda: client.get(f"/messages/{first}").status_code == 200, timeout_s=5)  # noqa: B023
+                    # Stored, and the hub has not heard of it: a stream resuming now replays it.
+                    stream = stack.enter_context(
+                        ws_connect(url.replace("http://", "ws://") + f"/ws?after={previous}", open_timeout=5)
+                    )
+                finally:
+                    worker_b.send_signal(signal.SIGCONT)
+                second = send(client, {"round": round_, "by": "b"}).json()["id"]
+                follower.wait_for({first, second}, timeout_s=10)
+                received: list[str] = []
+                with contextlib.suppress(TimeoutError):
+                    while len(received) < 3:
+                        frame = json.loads(stream.recv(timeout=1.0))
+                        if frame["event"] == "message":
+                            received.append(frame["data"]["id"])
+                assert received == [first, second]
+            time.sleep(1.0)  # worker A reconnects
+        rows = stored(client)
+        follower.stop()
+        assert follower.violations == []
+        assert [m["id"] for m in follower.received] == [row["id"] for row in rows]
+        assert len(rows) == 6
+    finally:
+        follower.stop()
+        client.close()
+        gate.close()

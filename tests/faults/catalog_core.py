@@ -26,7 +26,8 @@ FAULTS: list[Fault] = [
         name="fifo-claim-order-shuffled",
         path="pipeline/runner.py",
         find="candidates = [job_id for job_id in job_ids if job_id.decode() not in self.tasks][:free]",
-        replace="candidates = sorted(job_id for job_id in job_ids if job_id.decode() not in self.tasks)[:free]",
+        replace="candidates = sorted(job_id for job_id in job_ids if job_id.decode() not in self.tasks)"
+        "[:free]",
         tests=(_ORDER,),
         guarantee="Messages accepted one after another are stored in that order (one worker): "
         "the worker claims due jobs in id order instead of queue order.",
@@ -71,7 +72,8 @@ FAULTS: list[Fault] = [
         name="ack-before-commit",
         path="pipeline/runner.py",
         find="        timeout_s = function.timeout_s or self.job_timeout_s\n",
-        replace='        self._record("done", job_id)\n        timeout_s = function.timeout_s or self.job_timeout_s\n',
+        replace='        self._record("done", job_id)\n'
+        "        timeout_s = function.timeout_s or self.job_timeout_s\n",
         tests=(_KILLED_MID_JOB,),
         guarantee="A worker killed (kill -9) mid-job loses nothing: a job is finished on Redis only "
         "once its row is committed.",
@@ -106,7 +108,8 @@ FAULTS: list[Fault] = [
     Fault(
         name="postgres-advisory-lock-dropped",
         path="pipeline/store.py",
-        find='self._execute("SELECT pg_advisory_xact_lock(%s)", (_SEQ_LOCK_KEY,))\n            p = self._param',
+        find='self._execute("SELECT pg_advisory_xact_lock(%s)", (_SEQ_LOCK_KEY,))\n'
+        "            p = self._param",
         replace="p = self._param",
         tests=(_PG_ORDER, _PG_SCALEOUT),
         guarantee="Several workers on Postgres: seq follows commit order (a reader polling ?after= "
