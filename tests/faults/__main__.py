@@ -167,7 +167,8 @@ def baseline(faults: list[Fault], files: list[Path], jobs: int) -> dict[str, str
                 passed = not any(child.tag in ("failure", "error") for child in case)
                 outcomes.setdefault(node, []).append(passed)
             if result.returncode == 1:
-                print(result.stdout[-3000:], file=sys.stderr)
+                errors = [line for line in result.stdout.splitlines() if line.startswith(("E ", "FAILED"))]
+                print("\n".join(errors[:40]), file=sys.stderr)
 
     def passes(node_id: str) -> bool:
         found = [ok for node, oks in outcomes.items() if node == node_id or node.startswith(node_id + "[")

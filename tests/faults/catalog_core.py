@@ -115,4 +115,71 @@ FAULTS: list[Fault] = [
         guarantee="Several workers on Postgres: seq follows commit order (a reader polling ?after= "
         "never skips one).",
     ),
+    Fault(
+        name="idempotency-key-ignored",
+        path="pipeline/bus.py",
+        find="    return {'existing', previous}\n",
+        replace="",
+        tests=(
+            "tests/test_api.py::test_idempotency_key",
+            "tests/test_api.py::test_idempotency_key_holds_across_web_processes",
+        ),
+        guarantee="Same Idempotency-Key + body ⇒ same id, stored once, across web processes.",
+    ),
+    Fault(
+        name="private-redis-without-append-only-file",
+        path="pipeline/local_redis.py",
+        find='"--appendonly", "yes",',
+        replace='"--appendonly", "no",',
+        tests=("tests/test_faults.py::test_everything_killed_at_once_then_restarted",),
+        guarantee="Everything killed at once, then python run.py again: all accepted stored once "
+        "(the private Redis keeps its jobs in its append-only file).",
+    ),
+    Fault(
+        name="worker-gives-up-when-redis-goes",
+        path="pipeline/runner.py",
+        find="                except bus.REDIS_ERRORS as exc:\n"
+        '                    logger.warning("redis unavailable',
+        replace='                except () as exc:\n                    logger.warning("redis unavailable',
+        tests=("tests/test_faults.py::test_redis_restart_under_load_with_live_clients",),
+        guarantee="Redis restarted or killed under load: the worker reconnects by itself and "
+        "everything accepted is stored once.",
+    ),
+    Fault(
+        name="failed-store-not-recorded",
+        path="pipeline/worker.py",
+        find="    await bus.record_failure(",
+        replace="    bus.record_failure(",
+        tests=("tests/test_faults.py::test_database_locked_retries_then_gives_up_visibly",),
+        guarantee="A store that fails past its last try is recorded as failed, visibly (healthz "
+        "degraded, GET /messages/<id> failed), not silently dropped.",
+    ),
+    Fault(
+        name="slow-client-buffer-unbounded",
+        path="pipeline/hub.py",
+        find="if len(self._items) > self._max_messages or self._bytes > self._max_bytes:",
+        replace="if False:",
+        tests=(
+            "tests/test_slow_clients.py::test_a_stalled_websocket_is_closed_1013_and_resumes_while_100_others_keep_up",
+            "tests/test_slow_clients.py::test_a_stalled_sse_stream_ends_and_resumes",
+        ),
+        guarantee="A client that stops reading is closed (1013, or the SSE response ends) and the "
+        "web process's memory stays bounded.",
+    ),
+    Fault(
+        name="web-sigterm-leaves-streams-open",
+        path="pipeline/app.py",
+        find="        found.hub.close_all()",
+        replace="        pass",
+        tests=("tests/test_scaleout.py::test_sigterm_closes_streams_and_stops_the_web_process",),
+        guarantee="SIGTERM to web: streams close (1001, SSE end) and it exits.",
+    ),
+    Fault(
+        name="ctrl-c-leaves-redis-running",
+        path="run.py",
+        find="            local_redis.stop(timeout_s=1.0)\n",
+        replace="            pass\n",
+        tests=("tests/test_run.py::test_one_command_runs_everything_and_ctrl_c_stops_it",),
+        guarantee="Ctrl-C stops everything run.py started within 5 s, leaving nothing behind.",
+    ),
 ]
