@@ -14,6 +14,8 @@ agrees, in milliseconds with a microsecond fraction (arq compares scores with it
 timestamps; a double holds today's microseconds exactly), and never equal to or below the
 previous job's score (``pipeline:enqueued-us``), so jobs are claimed, and with one worker stored,
 in the order they were accepted: equal scores would come out in the random order of their ids.
+The score is one millisecond early: a worker asks for jobs due by the current *whole* millisecond,
+and a job scored 0.4 ms past it would wait for the next poll instead of the wake-up it sent.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ if now_us <= last_us then
   now_us = last_us + 1
 end
 redis.call('SET', KEYS[3], now_us)
-local score = string.format('%d.%03d', math.floor(now_us / 1000), now_us % 1000)
+local due_us = now_us - 1000
+local score = string.format('%d.%03d', math.floor(due_us / 1000), due_us % 1000)
 redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[3])
 redis.call('ZADD', KEYS[2], score, ARGV[2])
 redis.call('PUBLISH', ARGV[7], '')

@@ -17,7 +17,7 @@ FAULTS: list[Fault] = [
         name="fifo-score-by-millisecond",
         path="pipeline/bus.py",
         find="redis.call('ZADD', KEYS[2], score, ARGV[2])",
-        replace="redis.call('ZADD', KEYS[2], math.floor(now_us / 1000), ARGV[2])",
+        replace="redis.call('ZADD', KEYS[2], math.floor(due_us / 1000), ARGV[2])",
         tests=(_ORDER,),
         guarantee="Messages accepted one after another are stored in that order (one worker): "
         "jobs scored by the millisecond tie, and ties come out in the random order of their ids.",
