@@ -9,7 +9,7 @@ _KILLED_MID_JOB = "tests/test_faults.py::test_worker_killed_mid_load_loses_nothi
 _RUN_TWICE = "tests/test_faults.py::test_a_job_run_twice_stores_one_row"
 _SIGTERM = "tests/test_faults.py::test_worker_sigterm_hands_back_its_jobs"
 _GAP_SQLITE = "tests/test_faults.py::test_live_streams_across_a_lost_notification"
-_PG_ORDER = "tests/test_store.py::test_concurrent_writers_commit_in_seq_order[postgres]"
+_PG_ORDER = "tests/test_store.py::test_a_writer_held_up_after_taking_its_seqs_holds_up_the_others"
 _PG_SCALEOUT = "tests/test_scaleout.py::test_procfile_two_webs_two_workers_on_postgres"
 
 FAULTS: list[Fault] = [
