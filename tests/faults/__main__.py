@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import shutil
 import subprocess
@@ -254,6 +255,17 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if missed else 0
 
 
+def _machine() -> str:
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    return (
+        f"commit {commit or '?'}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{os.cpu_count()} cores (load average at the end {load}), Python {sys.version.split()[0]}"
+    )
+
+
 def write_report(path: Path, result: str, outcomes: list[Outcome], seconds: float, jobs: int) -> None:
     caught = sum(outcome.caught for outcome in outcomes)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -262,8 +274,7 @@ def write_report(path: Path, result: str, outcomes: list[Outcome], seconds: floa
         "Written by `python -m tests.faults --write docs/faults.md`: each fault is put into a copy of\n"
         "the code, only the tests that claim to catch it run there, and they must fail. The same\n"
         "tests first pass on the unmodified code. Faults are listed in `tests/faults/catalog_*.py`.\n\n"
-        f"{caught} of {len(outcomes)} caught; {seconds:.0f} s with `-j {jobs}` "
-        f"(Python {sys.version.split()[0]}).\n\n"
+        f"{caught} of {len(outcomes)} caught; {seconds:.0f} s with `-j {jobs}` on {_machine()}.\n\n"
         f"{result}\n\n## What each fault breaks\n\n"
         + "\n".join(f"- `{outcome.fault.name}`: {outcome.fault.guarantee}" for outcome in outcomes)
         + "\n"
