@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 import socket
+from pathlib import Path
 
 import httpx
 
-from tests.support import Pipeline, send, wait_stored
+from tests.support import Pipeline, RedisServer, send, wait_stored
 
 
 def pipelined(url: str, documents: list[str]) -> list[str]:
@@ -29,7 +30,17 @@ def pipelined(url: str, documents: list[str]) -> list[str]:
     return [match.decode() for match in re.findall(rb'"id":"([0-9a-f-]{36})"', answers)]
 
 
-def test_accepted_one_after_another_are_stored_in_that_order(pipeline: Pipeline) -> None:
+def test_accepted_one_after_another_are_stored_in_that_order(
+    tmp_path: Path, redis_server: RedisServer, database_url: str
+) -> None:
+    pipeline = Pipeline(tmp_path / "pipeline", redis_server.url, database_url)
+    try:
+        _check_order(pipeline)
+    finally:
+        pipeline.stop()
+
+
+def _check_order(pipeline: Pipeline) -> None:
     # Two web processes: they must agree on the order (one clock, Redis's), not each use its own.
     webs = [pipeline.start_web(), pipeline.start_web()]
     clients = [httpx.Client(base_url=url, timeout=10) for url in webs]
