@@ -165,7 +165,7 @@ def baseline(faults: list[Fault], files: list[Path], jobs: int) -> dict[str, str
             for case in ElementTree.parse(report).getroot().iter("testcase"):
                 module = case.get("classname", "").replace(".", "/")
                 node = f"{module}.py::{case.get('name')}"
-                passed = not any(child.tag in ("failure", "error") for child in case)
+                passed = not any(child.tag in ("failure", "error", "skipped") for child in case)
                 outcomes.setdefault(node, []).append(passed)
             if result.returncode == 1:
                 errors = [line for line in result.stdout.splitlines() if line.startswith(("E ", "FAILED"))]
