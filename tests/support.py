@@ -600,6 +600,7 @@ class Gate(threading.Thread):
             for sock in (source, target):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
 
     def shut(self) -> None:
         self._open.clear()
