@@ -49,6 +49,8 @@ class Settings:
     retention_max_age_s: float | None = None
     # METRICS=0 turns off /metrics and its counters (the benchmark measures their cost).
     metrics_enabled: bool = True
+    # Seconds between the worker's retention passes (SPEC §10: purged within a minute of due).
+    retention_interval_s: float = 15.0
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -87,6 +89,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         retention_max_messages=_optional_int("RETENTION_MAX_MESSAGES", get("RETENTION_MAX_MESSAGES")),
         retention_max_age_s=_duration("RETENTION_MAX_AGE", get("RETENTION_MAX_AGE")),
         metrics_enabled=_flag("METRICS", get("METRICS"), True),
+        retention_interval_s=_float("RETENTION_INTERVAL_S", get("RETENTION_INTERVAL_S"), 15.0, low=0.05),
     )
 
 

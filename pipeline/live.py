@@ -28,17 +28,17 @@ from quart import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 
 from . import channels as channel_names
-from . import metrics
+from . import continuity, metrics
 from .asgi import Receive, Scope, Send
-from .hub import Closed, Delivery, Overflow, deliveries, websocket_frame
+from .hub import Closed, Delivery, Overflow, websocket_frame
 from .problems import Problem, problem_document
 from .services import Services, services
-from .store import Store
 
 logger = logging.getLogger(__name__)
 blueprint = Blueprint("live", __name__)
 
-_REPLAY_PAGE = 1000
+# The database's epoch (SPEC §10), on GET /messages and the SSE response.
+EPOCH_HEADER = "Pipeline-Epoch"
 # RFC 6455 §7.4.1: 1001 "going away" (server stopping), 1013 "try again later" (too slow).
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -47,27 +47,32 @@ _GOING_AWAY = "server going away; resume with ?after=<last seq>"
 
 
 async def follow(
-    found: Services, after: int | None, channels: frozenset[str] | None = None
+    found: Services, after: int | None, channels: frozenset[str] | None = None, epoch: str | None = None
 ) -> AsyncGenerator[list[Delivery] | None, None]:
     """Batches of deliveries for one stream (of ``channels``; None: all), in ``seq`` order;
-    None when a ping is due.
+    None when a ping is due. A resume first gets a ``reset`` or ``gap`` where one is due
+    (``continuity``; ``epoch``: the database the client knew).
 
     Raises Overflow when the stream's buffer overflows and Closed when the hub stops.
     (Response bodies run outside the request context, so the services come as an argument.)
     """
-    store, hub, interval_s = found.store, found.hub, found.settings.ping_interval_s
+    hub, interval_s = found.hub, found.settings.ping_interval_s
+    opening, after = await continuity.opening(found.store, found.epoch, after, epoch)
+    if opening:
+        yield opening
+    replay = continuity.Replay(found.store, channels)
     sent = after or 0
     if after is not None:
-        async for batch in _replay(store, sent, channels):
+        async for batch in replay.pages(sent):
             yield batch
-            sent = batch[-1].seq
+            sent = max(sent, batch[-1].seq)
     async with hub.subscribe(channels) as subscription:
         if after is None:
             sent = subscription.start_seq
         else:
-            async for batch in _replay(store, sent, channels):
+            async for batch in replay.pages(sent):
                 yield batch
-                sent = batch[-1].seq
+                sent = max(sent, batch[-1].seq)
         next_ping = time.monotonic() + interval_s
         while True:
             batch = await subscription.wait(max(0.0, next_ping - time.monotonic()))
@@ -78,16 +83,6 @@ async def follow(
             if time.monotonic() >= next_ping:
                 yield None
                 next_ping = time.monotonic() + interval_s
-
-
-async def _replay(store: Store, after: int, channels: frozenset[str] | None) -> AsyncIterator[list[Delivery]]:
-    while True:
-        page = await store.after(after, _REPLAY_PAGE, channels=channels)
-        if page:
-            yield deliveries(page)
-            after = page[-1].seq
-        if len(page) < _REPLAY_PAGE:
-            return
 
 
 def _check_origin(headers: Headers, allowed: frozenset[str] | None) -> None:
@@ -125,7 +120,12 @@ def _after(raw: str | None, name: str) -> int | None:
 
 
 def _ping(found: Services) -> str:
-    return f'{{"event":"ping","data":{{"seq":{found.hub.last_seq}}}}}'
+    return f'{{"event":"ping","data":{{"seq":{found.hub.last_seq},"epoch":"{found.epoch}"}}}}'
+
+
+def _epoch(raw: str | None) -> str | None:
+    """The ``?epoch=`` a stream was given (any other text than this database's is a reset)."""
+    return raw or None
 
 
 async def serve_websocket(found: Services, scope: Scope, receive: Receive, send: Send) -> None:
@@ -146,12 +146,13 @@ async def serve_websocket(found: Services, scope: Scope, receive: Receive, send:
         _check_origin(headers, found.settings.allowed_origins)
         after = _after(query.get("after", [None])[0], "after")
         channels = _channels(scope["query_string"])
+        epoch = _epoch(query.get("epoch", [None])[0])
     except Problem as problem:
         await _refuse(scope, send, problem)
         return
     await send({"type": "websocket.accept"})
     write = _frame_writer(send)
-    streaming = asyncio.create_task(_stream_frames(found, after, write, send, channels))
+    streaming = asyncio.create_task(_stream_frames(found, after, write, send, channels, epoch))
     # The client may go away at any time; then the stream (and its subscription) must end.
     listening = asyncio.create_task(_until_disconnect(receive))
     metrics.stream_opened("ws")
@@ -170,10 +171,15 @@ async def serve_websocket(found: Services, scope: Scope, receive: Receive, send:
 
 
 async def _stream_frames(
-    found: Services, after: int | None, write: FrameWriter, send: Send, channels: frozenset[str] | None
+    found: Services,
+    after: int | None,
+    write: FrameWriter,
+    send: Send,
+    channels: frozenset[str] | None,
+    epoch: str | None = None,
 ) -> None:
     try:
-        async with contextlib.aclosing(follow(found, after, channels)) as stream:
+        async with contextlib.aclosing(follow(found, after, channels, epoch)) as stream:
             async for batch in stream:
                 if batch is None:
                     ping = _ping(found)
@@ -270,13 +276,14 @@ async def events() -> Response:
     else:
         after = _after(request.args.get("after"), "after")
     channels = _channels(request.query_string)
+    epoch = _epoch(request.args.get("epoch"))
     found = services()
 
     async def stream() -> AsyncIterator[bytes]:
         yield b"retry: 1000\n\n"
         metrics.stream_opened("sse")
         try:
-            async with contextlib.aclosing(follow(found, after, channels)) as deliveries_:
+            async with contextlib.aclosing(follow(found, after, channels, epoch)) as deliveries_:
                 async for batch in deliveries_:
                     if batch is None:
                         yield b": ping\n\n"
@@ -293,7 +300,7 @@ async def events() -> Response:
     response = Response(
         stream(),
         content_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", EPOCH_HEADER: found.epoch},
     )
     response.timeout = None
     return response
