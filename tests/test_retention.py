@@ -87,11 +87,15 @@ def _send_for(client: httpx.Client, seconds: float, channels: list[str]) -> list
 
 
 def _sample_while(
-    client: httpx.Client, channel: str, busy: threading.Thread
+    client: httpx.Client, channel: str, busy: threading.Thread, tail: int
 ) -> list[tuple[float, list[int]]]:
+    # ?tail= is one SELECT, so each sample is one snapshot of the channel's newest messages (a
+    # plain read takes the newest seq first, then the rows: purges in between would show).
     samples = []
     while busy.is_alive():
-        rows = _channel(client, channel)
+        response = client.get(f"/channels/{channel}/messages", params={"tail": tail})
+        assert response.status_code == 200, response.text
+        rows = response.json()
         samples.append((time.time(), [row["seq"] for row in rows]))
         time.sleep(0.05)
     return samples
@@ -113,7 +117,7 @@ def test_retention_by_count_while_messages_keep_arriving(
             assert recorder.ready.wait(5)
             sender = threading.Thread(target=_send_for, args=(client, 4.0, ["busy", "busy", "quiet"]))
             sender.start()
-            samples = _sample_while(client, "busy", sender)
+            samples = _sample_while(client, "busy", sender, 4 * KEEP)
             sender.join()
             total = len(_channel(client, "busy")) + len(_channel(client, "quiet"))
             wait_until(
@@ -158,7 +162,7 @@ def test_retention_by_age_while_messages_keep_arriving(
                 _put(client, "brief", {"n": number})
             sender = threading.Thread(target=_send_for, args=(client, 5.0, ["steady"]))
             sender.start()
-            samples = _sample_while(client, "steady", sender)
+            samples = _sample_while(client, "steady", sender, 5000)
             sender.join()
             # "brief" was written once, long enough ago: it is gone from GET /channels.
             assert "brief" not in _figures(client)
