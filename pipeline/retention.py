@@ -4,7 +4,8 @@ channel) and ``RETENTION_MAX_AGE`` (from ``received_at``) say must go.
 Every ``RETENTION_INTERVAL_S`` a worker walks the channels and deletes each one's due messages,
 oldest first, :data:`BATCH` at a time. Each batch is its own short transaction under the
 writers' lock (``Store.purge``), and it runs on the same store thread as the worker's writer, so
-a commit waiting to be written waits for one batch at most, never for the whole purge. Several
+a commit waiting to be written waits for one batch at most, never for the whole purge; after
+each batch the purger rests as long as the batch took, so it never has more than half the thread. Several
 workers may purge at once: each batch reads the channel's count again under the lock, so they
 share the work and none deletes more than is due (a delete of rows already gone deletes nothing).
 """
@@ -24,7 +25,7 @@ from .tasks import cancel_and_wait
 logger = logging.getLogger(__name__)
 
 # Rows per transaction: a few milliseconds of deleting, so no commit waits long behind one.
-BATCH = 500
+BATCH = 50
 
 
 def _timestamp(seconds: float) -> str:
@@ -71,13 +72,15 @@ class Purger:
         total = 0
         for channel in await self._store.channel_names():
             while True:
+                started = time.monotonic()
                 deleted = await self._store.purge(channel, self._keep, received_before, BATCH)
                 metrics.purged(deleted)
                 total += deleted
                 if deleted < BATCH:
                     break
-                # Let whatever else waits for the store thread (the writer's commit) go first.
-                await asyncio.sleep(0)
+                # Rest as long as the batch took: the purge has at most half of the store
+                # thread, and a commit arriving meanwhile goes straight in.
+                await asyncio.sleep(time.monotonic() - started)
         if total:
             logger.info("retention deleted %d messages", total)
         return total
