@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 # Rows per transaction: a few milliseconds of deleting, so no commit waits long behind one.
 BATCH = 50
+# SQLite: the purger checkpoints the log itself every so many batches. Otherwise the log its
+# deletes grow is copied back by whichever commit passes SQLite's threshold (1,000 pages), and
+# about half the time that is one of the writer's commits, which then waits tens of ms.
+CHECKPOINT_EVERY = 10
 
 
 def _timestamp(seconds: float) -> str:
@@ -69,11 +73,14 @@ class Purger:
     async def purge_due(self) -> int:
         """Delete every message due now, batch by batch; returns how many went."""
         received_before = None if self._max_age_s is None else _timestamp(time.time() - self._max_age_s)
-        total = 0
+        total = batches = 0
         for channel in await self._store.channel_names():
             while True:
                 started = time.monotonic()
                 deleted = await self._store.purge(channel, self._keep, received_before, BATCH)
+                batches += 1
+                if deleted and batches % CHECKPOINT_EVERY == 0:
+                    await self._store.checkpoint()
                 metrics.purged(deleted)
                 total += deleted
                 if deleted < BATCH:

@@ -299,6 +299,11 @@ class Store:
             )
             return deleted
 
+    async def checkpoint(self) -> None:
+        """SQLite: copy the write-ahead log into the database now (Postgres: nothing to do)."""
+        if not self._is_postgres:
+            await self._call(lambda: self._execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+
     async def channel_names(self) -> list[str]:
         """Every channel that holds messages (retention's work list)."""
         sql = "SELECT name FROM channel_stats WHERE count > 0 ORDER BY name"
