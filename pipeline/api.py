@@ -70,7 +70,7 @@ async def _list(narrow: frozenset[str] | None) -> Response:
     limit = _int_arg("limit", low=0)
     tail = _int_arg("tail", low=0)
     # ?before=<seq>: only messages below it; with limit (or tail), the ones just below it.
-    before = _int_arg("before", low=1)
+    before = _int_arg("before", low=0)
     below = None if before is None else before - 1
     if tail is None and before is not None and limit is not None:
         tail = limit

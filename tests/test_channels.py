@@ -209,7 +209,8 @@ def test_before_after_limit_and_tail_per_channel(client: httpx.Client) -> None:
     assert seqs_of("/messages", tail=100, after=seqs[25]) == seqs[26:]
     assert seqs_of("/channels/even/messages", tail=3, after=even[-5]) == even[-3:]
     assert seqs_of("/channels/even/messages", after=even[3], limit=2) == even[4:6]
-    for bad in ({"before": "x"}, {"before": "0"}, {"before": "-1"}):
+    assert seqs_of("/messages", before=0, limit=5) == seqs_of("/messages", before=1) == []
+    for bad in ({"before": "x"}, {"before": "-1"}, {"before": "1.5"}):
         assert client.get("/channels/even/messages", params=bad).status_code == 400
 
 
@@ -667,3 +668,24 @@ def test_seq_is_never_reused_after_the_newest_rows_are_deleted(
         assert newest["seq"] > rows[-1]["seq"]
     finally:
         pipeline.stop()
+
+
+def test_read_and_ingest_tokens_cover_the_channel_routes(pipeline: Pipeline) -> None:
+    url = pipeline.start_web(READ_TOKEN="reader-token", INGEST_TOKEN="writer-token")
+    pipeline.start_worker()
+    read = {"Authorization": "Bearer reader-token"}
+    write = {"Authorization": "Bearer writer-token"}
+    with httpx.Client(base_url=url, timeout=10) as client:
+        assert client.post("/channels/a/messages", content="1").status_code == 401
+        assert client.post("/channels/a/messages", content="1", headers=read).status_code == 401
+        assert client.put("/channels/a/messages", content="1", headers=write).status_code == 202
+        for path in ["/channels", "/channels/a/messages", "/messages?channel=a", "/events?channel=a"]:
+            refused = client.get(path)
+            assert refused.status_code == 401, path
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert client.get(path, headers=write).status_code == 401, path
+        wait_until(lambda: client.get("/channels", headers=read).json(), timeout_s=15)
+        assert [row["payload"] for row in client.get("/channels/a/messages", headers=read).json()] == [1]
+        with pytest.raises(InvalidStatus) as refused_ws, connect(url.replace("http", "ws") + "/ws?channel=a"):
+            pass
+        assert refused_ws.value.response.status_code == 401
