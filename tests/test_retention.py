@@ -21,6 +21,9 @@ from websockets.sync.client import connect
 from tests.support import Pipeline, RedisServer, SSEReader, wait_until
 
 KEEP = 40
+# How long to wait for what a busy machine may take a while to do (not a promise being tested:
+# within a minute of becoming due is, and the passes here run every 0.2 s).
+WAIT_S = 30.0
 FAST = {"RETENTION_INTERVAL_S": "0.2", "PING_INTERVAL_S": "0.3"}
 
 
@@ -121,10 +124,11 @@ def test_retention_by_count_while_messages_keep_arriving(
             sender.join()
             total = len(_channel(client, "busy")) + len(_channel(client, "quiet"))
             wait_until(
-                lambda: len(recorder.seen) >= 200 and _figures(client) == {"busy": KEEP, "quiet": KEEP}
+                lambda: len(recorder.seen) >= 200 and _figures(client) == {"busy": KEEP, "quiet": KEEP},
+                WAIT_S,
             )
             newest = client.get("/messages?tail=1").json()[0]["seq"]
-            wait_until(lambda: max(recorder.seen) >= newest, 10)
+            wait_until(lambda: max(recorder.seen) >= newest, WAIT_S)
             recorder.stopping.set()
             recorder.join(5)
             by_channel: dict[str, list[int]] = {}
@@ -177,7 +181,7 @@ def test_retention_by_age_while_messages_keep_arriving(
                 }
                 assert young <= set(seqs), "a message younger than RETENTION_MAX_AGE was deleted"
             # Within RETENTION_MAX_AGE and a pass (plus slack for a busy machine) all are gone.
-            wait_until(lambda: "steady" not in _figures(client), timeout_s=max_age_s + 8)
+            wait_until(lambda: "steady" not in _figures(client), timeout_s=max_age_s + WAIT_S)
             assert _channel(client, "steady") == []
             recorder.stopping.set()
             recorder.join(5)
@@ -192,9 +196,9 @@ def test_retention_by_age_while_messages_keep_arriving(
                 }
                 _put(client, "steady", {"after": "all purged"})
                 for ws in (level, behind):
-                    event = json.loads(ws.recv(timeout=10))
+                    event = json.loads(ws.recv(timeout=30))
                     while event["event"] == "ping":
-                        event = json.loads(ws.recv(timeout=10))
+                        event = json.loads(ws.recv(timeout=30))
                     assert event["event"] == "message" and event["data"]["seq"] > highest
     finally:
         pipeline.stop()
@@ -221,13 +225,16 @@ def purged(tmp_path: Path, redis_server: RedisServer) -> Any:
             lambda: (
                 _figures(client).get("a") == 5
                 and client.get("/messages?channel=a&limit=1").json()[0]["seq"] == 16
-            )
+            ),
+            WAIT_S,
         )
         for number in range(3):
             _put(client, "b", {"b": number})
         for number in range(20, 22):
             _put(client, "a", {"a": number})
-        wait_until(lambda: _figures(client) == {"a": 5, "b": 3} and len(client.get("/messages").json()) == 8)
+        wait_until(
+            lambda: _figures(client) == {"a": 5, "b": 3} and len(client.get("/messages").json()) == 8, WAIT_S
+        )
         yield pipeline, client, client.get("/messages").json()
         client.close()
     finally:
@@ -239,7 +246,7 @@ def _ws_events(client: httpx.Client, query: str, count: int) -> list[dict[str, A
     events: list[dict[str, Any]] = []
     with connect(url, open_timeout=5) as ws:
         while len(events) < count:
-            event = json.loads(ws.recv(timeout=10))
+            event = json.loads(ws.recv(timeout=30))
             if event["event"] != "ping":
                 events.append(event)
     return events
@@ -297,10 +304,10 @@ def test_a_channel_nothing_was_purged_from_gets_no_gap(purged: Any) -> None:
     _, client, kept = purged
     url = str(client.base_url).replace("http://", "ws://") + "/ws?after=2&channel=c"
     _put(client, "c", {"c": 0})
-    wait_until(lambda: _figures(client).get("c") == 1)
+    wait_until(lambda: _figures(client).get("c") == 1, WAIT_S)
     # c: one message; keep 5, so nothing of c is purged: no gap. a's purges do not concern c.
     with connect(url, open_timeout=5) as ws:
-        first = json.loads(ws.recv(timeout=10))
+        first = json.loads(ws.recv(timeout=30))
         assert first["event"] == "message" and first["data"]["channel"] == "c"
 
 
@@ -334,7 +341,7 @@ def test_epoch_in_pings_and_headers(purged: Any) -> None:
         assert response.headers["Pipeline-Epoch"] == epoch
     url = str(client.base_url).replace("http://", "ws://") + "/ws"
     with connect(url, open_timeout=5) as ws:
-        ping = json.loads(ws.recv(timeout=10))
+        ping = json.loads(ws.recv(timeout=30))
     assert ping == {"event": "ping", "data": {"seq": kept[-1]["seq"], "epoch": epoch}}
 
 
@@ -345,7 +352,7 @@ def test_a_replaced_database_resets_a_resuming_client(tmp_path: Path, redis_serv
         with _start(pipeline) as client:
             for number in range(5):
                 _put(client, "default", {"old": number})
-            wait_until(lambda: len(client.get("/messages").json()) == 5)
+            wait_until(lambda: len(client.get("/messages").json()) == 5, WAIT_S)
             old_epoch = client.get("/messages").headers["Pipeline-Epoch"]
         pipeline.stop()
         for path in tmp_path.glob("pipeline.db*"):
@@ -355,7 +362,7 @@ def test_a_replaced_database_resets_a_resuming_client(tmp_path: Path, redis_serv
             assert new_epoch != old_epoch
             for number in range(8):
                 _put(client, "default", {"new": number})
-            wait_until(lambda: len(client.get("/messages").json()) == 8)
+            wait_until(lambda: len(client.get("/messages").json()) == 8, WAIT_S)
             fresh = client.get("/messages").json()
             # The client saw seq 3 of the old database: the new one has a seq 3 too, but not its.
             for events in _both(client, f"?after=3&epoch={old_epoch}", 1 + len(fresh)):
