@@ -100,7 +100,9 @@ async def _list(narrow: frozenset[str] | None) -> Response:
             page = await store.after(page[-1].seq, _page_size(remaining), until, channels=narrow)
         yield framing.end
 
-    response = Response(pages(), content_type=framing.content_type, headers={"Vary": "Accept"})
+    # The database's epoch (SPEC §10): a client compares it with the streams' to spot a replacement.
+    headers = {"Vary": "Accept", live.EPOCH_HEADER: services().epoch}
+    response = Response(pages(), content_type=framing.content_type, headers=headers)
     response.timeout = None
     return response
 

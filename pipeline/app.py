@@ -50,7 +50,8 @@ def create_app(settings: Settings) -> Quart:
         try:
             await prepare_database(store)
             await hub.start()
-            app.extensions[EXTENSION_KEY] = Services(settings, redis, enqueuer, store, hub)
+            epoch = await store.epoch()
+            app.extensions[EXTENSION_KEY] = Services(settings, redis, enqueuer, store, hub, epoch=epoch)
             yield
         finally:
             await hub.stop()

@@ -58,6 +58,8 @@ class Settings:
     # Bounds under attack (SPEC §8): streams open at once, request-body bytes read at once.
     max_streams: int = 10_000
     max_bodies_in_flight_bytes: int = 32 * 1024 * 1024
+    # Seconds between the worker's retention passes (SPEC §10: purged within a minute of due).
+    retention_interval_s: float = 15.0
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -102,6 +104,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_bodies_in_flight_bytes=_int(
             "MAX_BODIES_IN_FLIGHT_BYTES", get("MAX_BODIES_IN_FLIGHT_BYTES"), 32 * 1024 * 1024, low=1
         ),
+        retention_interval_s=_float("RETENTION_INTERVAL_S", get("RETENTION_INTERVAL_S"), 15.0, low=0.05),
     )
 
 

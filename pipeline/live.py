@@ -30,7 +30,7 @@ from quart import Blueprint, Response, request
 from wsproto.connection import ConnectionState as WSState
 
 from . import channels as channel_names
-from . import metrics
+from . import continuity, metrics
 from .asgi import Message, Receive, Scope, Send
 from .bounds import (
     SocketBacklog,
@@ -41,15 +41,15 @@ from .bounds import (
     transport_of,
     whole_number,
 )
-from .hub import Closed, Delivery, Overflow, deliveries, websocket_frame
+from .hub import Closed, Delivery, Overflow, websocket_frame
 from .problems import Problem, problem_document
 from .services import Services, services
-from .store import Store
 
 logger = logging.getLogger(__name__)
 blueprint = Blueprint("live", __name__)
 
-_REPLAY_PAGE = 1000
+# The database's epoch (SPEC §10), on GET /messages and the SSE response.
+EPOCH_HEADER = "Pipeline-Epoch"
 # RFC 6455 §7.4.1: 1001 "going away" (server stopping), 1013 "try again later" (too slow).
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -67,29 +67,35 @@ async def follow(
     found: Services,
     after: int | None,
     channels: frozenset[str] | None = None,
+    epoch: str | None = None,
     backlog: Callable[[], int] | None = None,
 ) -> AsyncGenerator[list[Delivery] | None, None]:
     """Batches of deliveries for one stream (of ``channels``; None: all), in ``seq`` order;
-    None when a ping is due.
+    None when a ping is due. A resume first gets a ``reset`` or ``gap`` where one is due
+    (``continuity``; ``epoch``: the database the client knew).
 
     Raises Overflow when the stream's buffer overflows (counting ``backlog()``, the bytes
     already handed to the connection but not yet taken by the client) and Closed when the hub
     stops. (Response bodies run outside the request context, so the services come as an
     argument.)
     """
-    store, hub, interval_s = found.store, found.hub, found.settings.ping_interval_s
+    hub, interval_s = found.hub, found.settings.ping_interval_s
+    opening, after = await continuity.opening(found.store, found.epoch, after, epoch)
+    if opening:
+        yield opening
+    replay = continuity.Replay(found.store, channels)
     sent = after or 0
     if after is not None:
-        async for batch in _replay(store, sent, channels):
+        async for batch in replay.pages(sent):
             yield batch
-            sent = batch[-1].seq
+            sent = max(sent, batch[-1].seq)
     async with hub.subscribe(channels, backlog) as subscription:
         if after is None:
             sent = subscription.start_seq
         else:
-            async for batch in _replay(store, sent, channels):
+            async for batch in replay.pages(sent):
                 yield batch
-                sent = batch[-1].seq
+                sent = max(sent, batch[-1].seq)
         next_ping = time.monotonic() + interval_s
         while True:
             batch = await subscription.wait(max(0.0, next_ping - time.monotonic()))
@@ -100,15 +106,6 @@ async def follow(
             if time.monotonic() >= next_ping:
                 yield None
                 next_ping = time.monotonic() + interval_s
-
-
-async def _replay(store: Store, after: int, channels: frozenset[str] | None) -> AsyncIterator[list[Delivery]]:
-    while True:
-        page = await store.after(after, _REPLAY_PAGE, channels=channels)
-        if not page:  # pages are bounded by bytes too: only an empty one is the end
-            return
-        yield deliveries(page)
-        after = page[-1].seq
 
 
 def _channels(query_string: bytes) -> frozenset[str] | None:
@@ -123,7 +120,12 @@ def _after(raw: str | None, name: str) -> int | None:
 
 
 def _ping(found: Services) -> str:
-    return f'{{"event":"ping","data":{{"seq":{found.hub.last_seq}}}}}'
+    return f'{{"event":"ping","data":{{"seq":{found.hub.last_seq},"epoch":"{found.epoch}"}}}}'
+
+
+def _epoch(raw: str | None) -> str | None:
+    """The ``?epoch=`` a stream was given (any other text than this database's is a reset)."""
+    return raw or None
 
 
 async def serve_websocket(found: Services, scope: Scope, receive: Receive, send: Send) -> None:
@@ -142,24 +144,30 @@ async def serve_websocket(found: Services, scope: Scope, receive: Receive, send:
     try:
         after = _after(query.get("after", [None])[0], "after")
         channels = _channels(scope["query_string"])
+        epoch = _epoch(query.get("epoch", [None])[0])
         give_back = open_streams.take(found.settings.max_streams, "streams")
     except Problem as problem:
         await _refuse(scope, send, problem)
         return
     try:
-        await _serve_accepted(found, after, channels, receive, send)
+        await _serve_accepted(found, after, channels, epoch, receive, send)
     finally:
         give_back()
 
 
 async def _serve_accepted(
-    found: Services, after: int | None, channels: frozenset[str] | None, receive: Receive, send: Send
+    found: Services,
+    after: int | None,
+    channels: frozenset[str] | None,
+    epoch: str | None,
+    receive: Receive,
+    send: Send,
 ) -> None:
     _offer_no_compression(send)
     await send({"type": "websocket.accept"})
     transport = transport_of(send)
     write = _frame_writer(send, transport)
-    streaming = asyncio.create_task(_stream_frames(found, after, write, send, transport, channels))
+    streaming = asyncio.create_task(_stream_frames(found, after, write, send, transport, channels, epoch))
     # The client may go away at any time; then the stream (and its subscription) must end.
     listening = asyncio.create_task(_until_disconnect(receive))
     metrics.stream_opened("ws")
@@ -193,10 +201,11 @@ async def _stream_frames(
     send: Send,
     transport: asyncio.Transport | None,
     channels: frozenset[str] | None,
+    epoch: str | None = None,
 ) -> None:
     backlog = None if transport is None else SocketBacklog(transport)
     try:
-        async with contextlib.aclosing(follow(found, after, channels, backlog)) as stream:
+        async with contextlib.aclosing(follow(found, after, channels, epoch, backlog)) as stream:
             async for batch in stream:
                 if batch is None:
                     ping = _ping(found)
@@ -357,6 +366,8 @@ async def events() -> Response:
     else:
         after = _after(request.args.get("after"), "after")
     channels = _channels(request.query_string)
+    epoch = _epoch(request.args.get("epoch"))
+    headers[EPOCH_HEADER] = services().epoch
     if request.method == "HEAD":
         # The headers a GET would get, without a subscription that nobody would read.
         return Response(b"", content_type="text/event-stream", headers=headers)
@@ -371,7 +382,7 @@ async def events() -> Response:
             yield b"retry: 1000\n\n"
             metrics.stream_opened("sse")
             try:
-                async with contextlib.aclosing(follow(found, after, channels, backlog)) as deliveries_:
+                async with contextlib.aclosing(follow(found, after, channels, epoch, backlog)) as deliveries_:
                     async for batch in deliveries_:
                         if batch is None:
                             yield b": ping\n\n"

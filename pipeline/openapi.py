@@ -137,6 +137,7 @@ def _list(summary: str, *, channel_filter: bool) -> dict[str, Any]:
         "responses": {
             "200": {
                 "description": "The messages.",
+                "headers": {"Pipeline-Epoch": {"$ref": "#/components/headers/Pipeline-Epoch"}},
                 "content": {
                     "application/json": {"schema": {"type": "array", "items": _ref("Message")}},
                     "application/x-ndjson": {"schema": {"type": "string"}},
@@ -182,6 +183,16 @@ def _one(summary: str) -> dict[str, Any]:
     }
 
 
+# SPEC §10, as the stream descriptions say it.
+_CONTINUITY = (
+    "A resume (`after`, `Last-Event-ID`) across messages deleted by retention first gets `gap` "
+    '`{"after": <its seq>, "next_seq": <first kept seq it will receive>|null}`; one against '
+    "another database's `epoch`, or from a `seq` above the highest ever assigned, gets `reset` "
+    '`{"epoch": "<id>"}` (SSE: with `id: 0`) and then everything from the start (a `gap` first '
+    "if the start was purged)."
+)
+
+
 def _stream(summary: str, description: str, *, sse: bool) -> dict[str, Any]:
     params: list[dict[str, Any]] = [
         _seq_param("after", "Resume: first every stored message with a greater `seq`, then live ones."),
@@ -198,7 +209,8 @@ def _stream(summary: str, description: str, *, sse: bool) -> dict[str, Any]:
         ok = {
             "200": {
                 "description": "An endless `text/event-stream`: `id: <seq>`, `event: message`, "
-                "`data: <message>`; `: ping` comments; `event: gap` / `event: reset`.",
+                "`data: <message>`; `: ping` comments; `event: gap` / `event: reset`. " + _CONTINUITY,
+                "headers": {"Pipeline-Epoch": {"$ref": "#/components/headers/Pipeline-Epoch"}},
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
             }
         }
@@ -206,7 +218,8 @@ def _stream(summary: str, description: str, *, sse: bool) -> dict[str, Any]:
         ok = {
             "101": {
                 "description": 'Switched to WebSocket: text frames `{"event": "message"|"ping"|'
-                '"gap"|"reset", "data": ...}`; close 1013 when too slow, 1001 when the server stops.'
+                '"gap"|"reset", "data": ...}`; close 1013 when too slow, 1001 when the server stops. '
+                'Pings: `{"seq": <latest>, "epoch": "<id>"}`. ' + _CONTINUITY
             },
             "400": _problem_response("Not a WebSocket handshake, or a malformed `after` or `channel`."),
         }
@@ -501,11 +514,17 @@ def document() -> dict[str, Any]:
         "components": {
             "schemas": _schemas(),
             "headers": {
+                "Pipeline-Epoch": {
+                    "description": "The database's epoch: an id made once when its tables were "
+                    "created; another one means the database was replaced (SPEC §10).",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                },
                 "Retry-After": {
                     "description": "Seconds to wait before trying again.",
                     "required": True,
                     "schema": {"type": "string", "pattern": "^[0-9]+$"},
-                }
+                },
             },
             "securitySchemes": {
                 "ingestToken": {"type": "http", "scheme": "bearer", "description": "INGEST_TOKEN (writes)"},

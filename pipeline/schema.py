@@ -25,7 +25,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-LATEST_VERSION = 2
+LATEST_VERSION = 3
 # Key of the Postgres advisory lock that orders writers (shared with store.py).
 WRITE_LOCK_KEY = 0x5E9_10C4
 # SQLite: how long a process starting beside a long migration waits for the write lock.
@@ -70,6 +70,7 @@ def _create(db: Any, postgres: bool) -> None:
     db.execute_sql(_message_table(postgres))
     for sql in (*_INDEXES, *_SIDE_TABLES):
         db.execute_sql(sql)
+    _add_purged_through(db, postgres)
 
 
 def _add_channels(db: Any, postgres: bool) -> None:
@@ -95,8 +96,14 @@ def _add_channels(db: Any, postgres: bool) -> None:
     db.execute_sql(FILL_CHANNEL_STATS)
 
 
+def _add_purged_through(db: Any, postgres: bool) -> None:
+    """Version 2 -> 3: each channel records the highest ``seq`` retention deleted from it (SPEC
+    §10), so a stream resuming below it is told of the gap; 0: nothing purged yet."""
+    db.execute_sql("ALTER TABLE channel_stats ADD COLUMN purged_through BIGINT NOT NULL DEFAULT 0")
+
+
 # (version it leads to, step): run in order, each once, for every version above the database's.
-STEPS: list[tuple[int, Callable[[Any, bool], None]]] = [(2, _add_channels)]
+STEPS: list[tuple[int, Callable[[Any, bool], None]]] = [(2, _add_channels), (3, _add_purged_through)]
 
 
 def prepare(db: Any, postgres: bool) -> int:

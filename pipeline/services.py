@@ -24,6 +24,8 @@ class Services:
     enqueuer: Enqueuer
     store: Store
     hub: Hub
+    # The database's epoch (SPEC §10), read once at start.
+    epoch: str = ""
 
 
 def services() -> Services:

@@ -14,6 +14,11 @@ Deliberate choices:
 - ``channel_stats`` (what ``GET /channels`` answers) is kept in the same transaction as every
   insert, so it is always exactly true and reading it never counts rows. The tables and their
   migrations are in ``schema.py``.
+- Retention deletes, per channel, the oldest messages in ``seq`` order (a prefix, never a
+  message with an older one still kept), in short transactions under the writers' lock, and
+  records the highest ``seq`` it deleted (``channel_stats.purged_through``) in the same
+  transaction as the count it takes off; a replay page reads it in the page's own snapshot, so
+  a stream knows exactly whether something of its channels after its ``seq`` was purged.
 - A read narrowed to several channels is one ordered query per channel (each walking the
   ``(channel, seq)`` index) merged by ``UNION ALL``: never a scan of the other channels' rows.
 """
@@ -280,12 +285,98 @@ class Store:
         return Message._make(row) if row else None
 
     async def latest_seq(self) -> int:
-        """The greatest stored ``seq`` (0 when nothing is stored)."""
+        """The greatest ``seq`` ever stored, even if retention deleted it since (0: none yet)."""
         return await self._call(self._latest_seq)
 
     def _latest_seq(self) -> int:
-        row = self._execute("SELECT MAX(seq) FROM message").fetchone()
+        # channel_stats keeps a channel's latest_seq after retention deleted its messages, so
+        # this stays the highest seq ever stored (a resume above it is a reset, SPEC §10).
+        row = self._execute(
+            "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM message "
+            "UNION ALL SELECT MAX(latest_seq) AS s FROM channel_stats) AS highest"
+        ).fetchone()
         return int(row[0] or 0)
+
+    # Retention (SPEC §10) ---------------------------------------------------------------
+    async def purge(self, channel: str, keep: int | None, received_before: str | None, batch: int) -> int:
+        """Delete up to ``batch`` of ``channel``'s oldest messages beyond its newest ``keep`` or
+        received before ``received_before``; returns how many went (0: nothing is due)."""
+        return await self._call(self._purge, channel, keep, received_before, batch)
+
+    def _purge(self, channel: str, keep: int | None, received_before: str | None, batch: int) -> int:
+        p = self._param
+        atomic = self._db.atomic() if self._is_postgres else self._db.atomic("IMMEDIATE")
+        with atomic:
+            if self._is_postgres:
+                self._execute("SELECT pg_advisory_xact_lock(%s)", (_SEQ_LOCK_KEY,))
+            # Under the writers' lock the count is exact, so several workers purging at once
+            # each see what the others left and never take more than is due.
+            row = self._execute(f"SELECT count FROM channel_stats WHERE name = {p}", (channel,)).fetchone()
+            if row is None or row[0] == 0:
+                return 0
+            oldest = self._execute(
+                f"SELECT seq, received_at FROM message WHERE channel = {p} ORDER BY seq LIMIT {p}",
+                (channel, batch),
+            ).fetchall()
+            due = 0 if keep is None else min(len(oldest), max(0, int(row[0]) - keep))
+            if received_before is not None:
+                # A prefix: one received later but stored earlier keeps its successors a little
+                # longer (by the queue's delay), so what is deleted is one range of seq.
+                aged = 0
+                for _, received_at in oldest:
+                    if received_at >= received_before:
+                        break
+                    aged += 1
+                due = max(due, aged)
+            if due == 0:
+                return 0
+            through = int(oldest[due - 1][0])
+            deleted = int(
+                self._execute(
+                    f"DELETE FROM message WHERE channel = {p} AND seq <= {p}", (channel, through)
+                ).rowcount
+            )
+            self._execute(
+                f"UPDATE channel_stats SET count = count - {p}, purged_through = {p} WHERE name = {p}",
+                (deleted, through, channel),
+            )
+            return deleted
+
+    async def checkpoint(self) -> None:
+        """SQLite: copy the write-ahead log into the database now (Postgres: nothing to do)."""
+        if not self._is_postgres:
+            await self._call(lambda: self._execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+
+    async def channel_names(self) -> list[str]:
+        """Every channel that holds messages (retention's work list)."""
+        sql = "SELECT name FROM channel_stats WHERE count > 0 ORDER BY name"
+        return await self._call(lambda: [str(row[0]) for row in self._execute(sql).fetchall()])
+
+    async def after_noting_purges(
+        self, seq: int, limit: int, channels: Collection[str] | None = None
+    ) -> tuple[list[Message], int]:
+        """:meth:`after` with, read in the same snapshot, the highest ``seq`` retention deleted
+        from ``channels`` (None: any channel; 0: none)."""
+        return await self._call(self._after_noting_purges, seq, limit, channels)
+
+    def _after_noting_purges(
+        self, seq: int, limit: int, channels: Collection[str] | None
+    ) -> tuple[list[Message], int]:
+        with self._db.atomic():
+            if self._is_postgres:
+                # One snapshot for both reads (the default, READ COMMITTED, takes one per statement).
+                self._execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            # (SQLite in WAL mode: a read transaction sees one snapshot from its first read.)
+            page = self._after(seq, limit, None, channels)
+            p = self._param
+            if channels:
+                names = sorted(channels)
+                placeholders = ", ".join([p] * len(names))
+                sql = f"SELECT MAX(purged_through) FROM channel_stats WHERE name IN ({placeholders})"
+                row = self._execute(sql, names).fetchone()
+            else:
+                row = self._execute("SELECT MAX(purged_through) FROM channel_stats").fetchone()
+        return page, int(row[0] or 0)
 
     async def count(self) -> int:
         """How many messages are stored."""

@@ -22,6 +22,7 @@ from arq.worker import func
 from . import bus, contracts, metrics
 from .config import Settings
 from .messages import DEFAULT_CHANNEL, utc_timestamp
+from .retention import Purger
 from .runner import BatchingWorker
 from .store import TRANSIENT_ERRORS, Store, prepare_database
 from .writer import Writer
@@ -92,10 +93,14 @@ async def _startup(ctx: dict[str, Any]) -> None:
     writer = Writer(store, ctx["redis"])
     writer.start()
     ctx["store"], ctx["writer"] = store, writer
+    ctx["purger"] = Purger(store, settings)
+    ctx["purger"].start()
     ctx["metrics"] = metrics.start_reporter(ctx["redis"], "worker", settings.metrics_enabled)
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
+    if "purger" in ctx:
+        await ctx["purger"].stop()
     if "writer" in ctx:
         await ctx["writer"].stop()
         await ctx["store"].close()

@@ -24,6 +24,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from pipeline.schema import LATEST_VERSION
 from tests.support import (
     ROOT,
     RUN_PY,
@@ -595,7 +596,7 @@ def test_release_migrates_a_previous_version_database_several_at_once(
     assert [row[:5] for row in after] == before  # nothing lost, seq unchanged
     assert {row[5] for row in after} == {"default"}
     meta = old.meta()
-    assert meta["schema_version"] == "2" and len(meta["epoch"]) == 32
+    assert meta["schema_version"] == str(LATEST_VERSION) and len(meta["epoch"]) == 32
     stats = old.query("SELECT name, count, latest_seq, latest_at FROM channel_stats")
     assert stats == [("default", len(before), before[-1][0], before[-1][3])]
 
@@ -639,7 +640,7 @@ def test_web_and_workers_migrate_at_start_then_serve_channels(
             assert rows[-2]["seq"] > highest
             figures = {stats["name"]: stats["count"] for stats in client.get("/channels").json()}
             assert figures == {"default": len(before) + 1, "fresh": 1}
-        assert old.meta()["schema_version"] == "2"
+        assert old.meta()["schema_version"] == str(LATEST_VERSION)
     finally:
         pipeline.stop()
 

@@ -110,7 +110,8 @@ def test_pings_carry_the_latest_seq(pipeline: Pipeline) -> None:
         seq = wait_stored(client, 1)[0]["seq"]
         with connect(ws_url(client)) as ws:
             frame = json.loads(ws.recv(timeout=5))
-        assert frame == {"event": "ping", "data": {"seq": seq}}
+        epoch = client.get("/messages").headers["Pipeline-Epoch"]  # SPEC §10
+        assert frame == {"event": "ping", "data": {"seq": seq, "epoch": epoch}}
         reader = SSEReader(client, "/events")
         try:
             assert reader.next_event() == {"retry": "1000"}

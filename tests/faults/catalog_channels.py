@@ -9,9 +9,9 @@ _T = "tests/test_channels.py::"
 FAULTS: list[Fault] = [
     Fault(
         name="channel-filter-dropped-on-replay",
-        path="pipeline/live.py",
-        find="page = await store.after(after, _REPLAY_PAGE, channels=channels)",
-        replace="page = await store.after(after, _REPLAY_PAGE)",
+        path="pipeline/continuity.py",
+        find="await self._store.after_noting_purges(after, REPLAY_PAGE, self._channels)",
+        replace="await self._store.after_noting_purges(after, REPLAY_PAGE, None)",
         tests=(_T + "test_filtered_streams_replay_only_their_channels",),
         guarantee="a stream narrowed with ?channel= replays only its channels after a reconnect",
     ),
