@@ -379,9 +379,17 @@ class System:
     ``python run.py release``, ``python run.py worker``, ``python run.py web --port P``.
     """
 
-    def __init__(self, mode: str = "run.py", data_dir: Path | None = None, *, name: str = "system") -> None:
+    def __init__(
+        self,
+        mode: str = "run.py",
+        data_dir: Path | None = None,
+        *,
+        name: str = "system",
+        env: dict[str, str] | None = None,
+    ) -> None:
         assert mode in ("run.py", "procfile")
         self.mode = mode
+        self.extra_env = env or {}
         self.owns_dir = data_dir is None
         self.data_dir = data_dir or temp_dir(name)
         self.port = free_port()
@@ -419,7 +427,7 @@ class System:
             raise
 
     def _start(self, timeout_s: float) -> System:
-        env = base_env(self.data_dir)
+        env = {**base_env(self.data_dir), **self.extra_env}
         if self.mode == "run.py":
             self._runpy = spawn([PYTHON, RUN_PY, "--port", str(self.port)], env=env, log=self.log)
             self.pids["run.py"] = self._runpy.pid

@@ -1,16 +1,21 @@
-"""HTTP routes: ingest, reads, health and the page. Input is validated here, at the edge."""
+"""HTTP routes: reads, health and the page. Input is validated here, at the edge.
+
+(Ingest is served in front of Quart: see ``front.ROUTES`` and ``ingest.serve_ingest``.)
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 import orjson
 from quart import Blueprint, Response, render_template, request
 
-from . import bus
-from .ingest import accept, check_idempotency_key, check_token, unavailable
+from . import bus, export, live, metrics
+from .ingest import unavailable
 from .messages import canonical_id, render
+from .ops import retention
 from .problems import Problem
 from .services import services
 from .store import TRANSIENT_ERRORS
@@ -19,22 +24,7 @@ blueprint = Blueprint("api", __name__)
 
 _PAGE_ROWS = 1000
 _HEALTH_TIMEOUT_S = 2.0
-
-
-@blueprint.route("/messages", methods=["POST", "PUT"])
-@blueprint.route("/json_dummy", methods=["POST", "PUT"])
-@blueprint.route("/json_dummy/", methods=["POST", "PUT"])
-async def ingest_route() -> Response:
-    """Accept one JSON document: queue it and answer 202 at once (see ``ingest``)."""
-    found = services()
-    check_token(found, request.headers.get("Authorization"))
-    key = check_idempotency_key(request.headers.get("Idempotency-Key"))
-    body = await request.get_data(cache=False)
-    assert isinstance(body, bytes)
-    answer = await accept(found, body, key)
-    return Response(
-        answer.body, status=answer.status, content_type=answer.content_type, headers=answer.headers
-    )
+T = TypeVar("T")
 
 
 def _int_arg(name: str, *, low: int) -> int | None:
@@ -68,21 +58,23 @@ async def list_messages() -> Response:
             until = await store.latest_seq()
             first = await store.after(after, _page_size(limit), until)
     except TRANSIENT_ERRORS:
-        raise unavailable("The database") from None
+        raise unavailable("The database", "database-unavailable") from None
+
+    framing = export.framing(request.headers.get("Accept"))
 
     async def pages() -> AsyncIterator[bytes]:
         page, sent = first, 0
-        yield b"["
+        yield framing.start
         while page:
-            chunk = ",".join(render(message) for message in page)
-            yield (chunk if sent == 0 else "," + chunk).encode()
+            chunk = framing.join(render(message) for message in page)
+            yield (chunk if sent == 0 else framing.between + chunk).encode()
             sent += len(page)
             if len(page) < _PAGE_ROWS or (limit is not None and sent >= limit):
                 break
             page = await store.after(page[-1].seq, _page_size(None if limit is None else limit - sent), until)
-        yield b"]"
+        yield framing.end
 
-    response = Response(pages(), content_type="application/json")
+    response = Response(pages(), content_type=framing.content_type, headers={"Vary": "Accept"})
     response.timeout = None
     return response
 
@@ -108,7 +100,7 @@ async def get_message(message_id: str) -> Response:
     try:
         message = await found.store.get(canonical)
     except TRANSIENT_ERRORS:
-        raise unavailable("The database") from None
+        raise unavailable("The database", "database-unavailable") from None
     if message is not None:
         return Response(render(message), content_type="application/json")
     if queued:
@@ -133,17 +125,18 @@ async def healthz() -> Response:
 
     async def redis_check() -> dict[str, object]:
         await found.redis.ping()
-        worker_alive, queued, failed = await asyncio.gather(
-            bus.worker_alive(found.redis), found.redis.zcard(bus.QUEUE_NAME), bus.failure_count(found.redis)
+        worker_alive, (queued, oldest_age_s), failed = await asyncio.gather(
+            bus.worker_alive(found.redis), metrics.queue_state(found.redis), bus.failure_count(found.redis)
         )
-        return {"worker": worker_alive, "queued": queued, "failed": failed}
+        age = None if oldest_age_s is None else round(oldest_age_s, 3)
+        return {"worker": worker_alive, "queued": queued, "failed": failed, "oldest_age_s": age}
 
     async def database_check() -> int:
         return await found.store.latest_seq()
 
     redis_result, database_result = await asyncio.gather(
-        asyncio.wait_for(redis_check(), _HEALTH_TIMEOUT_S),
-        asyncio.wait_for(database_check(), _HEALTH_TIMEOUT_S),
+        _within(_HEALTH_TIMEOUT_S, redis_check()),
+        _within(_HEALTH_TIMEOUT_S, database_check()),
         return_exceptions=True,
     )
     redis_ok = not isinstance(redis_result, BaseException)
@@ -164,11 +157,22 @@ async def healthz() -> Response:
             else {"ok": False, "error": _describe(database_result)}
         ),
         "worker": {"ok": worker_ok},
-        "live": {"subscribers": found.hub.subscriber_count, "last_seq": found.hub.last_seq},
+        "live": {
+            "subscribers": found.hub.subscriber_count,
+            "last_seq": found.hub.last_seq,
+            "websocket_writer": live.websocket_writer_in_use(),
+        },
     }
     if redis_ok:
-        report["queue"] = {"queued": redis_result["queued"], "failed": redis_result["failed"]}  # type: ignore[index]
+        report["queue"] = {key: redis_result[key] for key in ("queued", "failed", "oldest_age_s")}  # type: ignore[index]
+    report["retention"] = retention(found.settings)
     return _json(report, 503 if status == "unavailable" else 200)
+
+
+async def _within(seconds: float, check: Awaitable[T]) -> T:
+    # Not asyncio.wait_for: it runs the check as another task and awaits it (see tasks.py).
+    async with asyncio.timeout(seconds):
+        return await check
 
 
 def _describe(error: object) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from quart import Quart, Response, current_app
 from werkzeug.exceptions import HTTPException
 
-from . import api, bus, live
+from . import api, bus, live, ops
 from .config import Settings
 from .hub import Hub
 from .problems import Problem, problem_response
@@ -35,6 +35,7 @@ def create_app(settings: Settings) -> Quart:
     )
     app.register_blueprint(api.blueprint)
     app.register_blueprint(live.blueprint)
+    ops.register(app, settings)  # /metrics, /openapi.json, /problems/<kind>
     _register_error_handlers(app)
 
     @app.while_serving
@@ -89,7 +90,7 @@ async def _prepare_database(store: Store) -> None:
 def _register_error_handlers(app: Quart) -> None:
     @app.errorhandler(Problem)
     async def on_problem(error: Problem) -> Response:
-        return problem_response(error.status, error.detail, error.headers, error.extensions)
+        return problem_response(error.status, error.detail, error.headers, error.extensions, error.kind)
 
     @app.errorhandler(HTTPException)
     async def on_http_exception(error: HTTPException) -> Response:

@@ -16,6 +16,8 @@ previous job's score (``pipeline:enqueued-us``), so jobs are claimed, and with o
 in the order they were accepted: equal scores would come out in the random order of their ids.
 The score is one millisecond early: a worker asks for jobs due by the current *whole* millisecond,
 and a job scored 0.4 ms past it would wait for the next poll instead of the wake-up it sent.
+
+It relies on redis-py's wording of a refused connection; ``contracts.py`` lists that and checks it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .contracts import REDIS_REFUSED_WORDING
 
 # redis-py types its commands for both its sync and async clients (``Awaitable[T] | T``), hence
 # the few "type: ignore[misc]" where we await one.
@@ -198,8 +202,8 @@ class Enqueuer:
                 break
             except RedisConnectionError as exc:
                 # redis-py words every failure to connect "Error ... connecting to ..."; any other
-                # connection error happened with the command possibly on its way.
-                maybe_sent = maybe_sent or "connecting to" not in str(exc)
+                # connection error happened with the command possibly on its way (contracts.py).
+                maybe_sent = maybe_sent or REDIS_REFUSED_WORDING not in str(exc)
                 if not maybe_sent or time.monotonic() + delay_s >= give_up_at:
                     # A refused connection settles it at once: nothing was sent, answer 503.
                     raise Unavailable(str(exc), outcome_known=not maybe_sent) from exc

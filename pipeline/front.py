@@ -1,39 +1,128 @@
-"""The ASGI layer in front of Quart: the two hot paths served directly, everything else by Quart.
+"""The ASGI layer in front of Quart, and the one table of which request goes where.
 
-Ingest (``POST``/``PUT`` on the ingest paths) and WebSocket streams run thousands of times a
-second; for them Quart's per-request and per-message work (request and context objects,
-routing, hooks, re-encoding each frame per connection) cost more than the work itself. Quart's
-own routes for both stay in the app (``api.ingest_route``, ``live.ws``) as the reference, with
-the same core functions (``ingest.accept``, ``live.follow``); ``test_ingest`` checks the two
-answer alike.
+:data:`ROUTES` lists the requests served here, at the ASGI level: ingest and WebSocket streams,
+which run thousands of times a second and for which Quart's per-request and per-message work
+(request and context objects, routing, hooks, re-encoding each frame per connection) cost more
+than the work itself. Every other request (reads, health, SSE, the page, and any other method on
+these paths) goes to Quart: ``api.py`` and ``live.py``. There is no second copy of either hot
+path; ``ingest.serve_ingest`` and ``live.serve_websocket`` are the implementation.
+
+Quart's URL map is told about these routes (without a view), so its 405 answers on them list
+every method the path takes in ``Allow``, and ``OPTIONS`` does too.
+
+An unexpected exception in a handler here is logged once, with its traceback, and answered as
+Quart's own errors are: problem+json 500 (or, on a WebSocket, close code 1011).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+from quart import Quart
 
 from .asgi import ASGIApp, Receive, Scope, Send
-from .ingest import INGEST_PATHS, serve_ingest
-from .live import WEBSOCKET_PATHS, serve_websocket
+from .ingest import serve_ingest
+from .live import CLOSE_TRY_AGAIN_LATER, serve_websocket
+from .problems import problem_document
 from .services import EXTENSION_KEY, Services
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[Services, Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """Requests of one ASGI scope type, with one of ``methods``, on one of ``paths``."""
+
+    scope: str  # "http" or "websocket" (a WebSocket handshake is a GET)
+    methods: tuple[str, ...]
+    paths: tuple[str, ...]
+    handler: Handler
+
+
+# fmt: off
+ROUTES: tuple[Route, ...] = (
+    #     scope        methods          paths                                         handler
+    Route("http",      ("POST", "PUT"), ("/messages", "/json_dummy", "/json_dummy/"), serve_ingest),
+    Route("websocket", ("GET",),        ("/ws", "/json_dummy_ws"),                    serve_websocket),
+)
+# fmt: on
+
+_UNEXPECTED = "Something went wrong on our side; it has been logged."
+_NOT_SERVING = "The service is starting or stopping; try again shortly."
+_CLOSE_INTERNAL_ERROR = 1011  # RFC 6455 §7.4.1
 
 
 class Front:
-    """Routes hot requests to their direct handlers and the rest to ``app`` (Quart)."""
+    """Serves :data:`ROUTES` (or ``routes``) directly and passes every other request to ``app``."""
 
-    def __init__(self, app: ASGIApp, extensions: Mapping[str, Any]) -> None:
-        self.app = app
-        self._extensions = extensions  # the Quart app's: holds Services while serving
+    def __init__(self, app: Quart, routes: tuple[Route, ...] = ROUTES) -> None:
+        self.app = cast(ASGIApp, app)
+        self._extensions: Mapping[str, Any] = app.extensions  # holds Services while serving
+        self._handlers: dict[tuple[str, str, str], Handler] = {
+            (route.scope, method, path): route.handler
+            for route in routes
+            for method in route.methods
+            for path in route.paths
+        }
+        for route in routes:
+            for path in route.paths:
+                # Never dispatched by Quart (there is no view): it answers 405/OPTIONS right.
+                app.add_url_rule(
+                    path,
+                    endpoint=f"front:{route.scope}:{path}",
+                    methods=route.methods,
+                    websocket=route.scope == "websocket",
+                )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = self._handlers.get((scope["type"], scope.get("method", "GET"), scope.get("path", "")))
+        if handler is None:
+            await self.app(scope, receive, send)
+            return
         found: Services | None = self._extensions.get(EXTENSION_KEY)
-        if found is not None:
-            kind, path = scope["type"], scope.get("path")
-            if kind == "http" and scope["method"] in ("POST", "PUT") and path in INGEST_PATHS:
-                await serve_ingest(found, scope, receive, send)
-                return
-            if kind == "websocket" and path in WEBSOCKET_PATHS:
-                await serve_websocket(found, scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if found is None:
+            await _refuse(scope, send, 503, _NOT_SERVING)
+            return
+        try:
+            # ``send`` is passed on as it is: the WebSocket raw-frame writer needs hypercorn's own.
+            await handler(found, scope, receive, send)
+        except Exception:
+            logger.exception(
+                "unexpected error serving %s %s", scope.get("method", "WebSocket"), scope["path"]
+            )
+            await _refuse(scope, send, 500, _UNEXPECTED)
+
+
+async def _refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
+    """Answer ``status`` as a problem, or close a WebSocket, as far as the connection still allows:
+    once a response has begun (or the client has gone) the server refuses another, and that is
+    the end of it."""
+    with contextlib.suppress(Exception):
+        if scope["type"] == "http":
+            await _send_problem(send, status, detail)
+        else:
+            code = CLOSE_TRY_AGAIN_LATER if status == 503 else _CLOSE_INTERNAL_ERROR
+            await send({"type": "websocket.close", "code": code})
+
+
+async def _send_problem(send: Send, status: int, detail: str) -> None:
+    body = problem_document(status, detail)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-content-type-options", b"nosniff"),
+                *([(b"retry-after", b"2")] if status == 503 else []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,28 +1,27 @@
 """Ingest: accepting one JSON document.
 
 :func:`accept` is what ``POST``/``PUT /messages`` does: validate the body, queue it, and say
-what to answer (after :func:`check_token` and :func:`check_idempotency_key`). Quart's route
-(``api.ingest_route``) calls it, and so does :func:`serve_ingest`, the same thing at the ASGI
-level that ``front`` serves: Quart's per-request work was about 40% of the web process's CPU
-per message.
+what to answer (after :func:`check_token` and :func:`check_idempotency_key`).
+:func:`serve_ingest` is the route itself, at the ASGI level, in front of Quart (see
+``front.ROUTES``): Quart's per-request work was about 40% of the web process's CPU per message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from dataclasses import dataclass, field
 
 import orjson
 
-from . import bus
+from . import bus, metrics, shedding
 from .asgi import Receive, Scope, Send
 from .messages import InvalidBody, new_id, parse_body, utc_timestamp
 from .problems import Problem, problem_document
 from .services import Services
 from .store import TRANSIENT_ERRORS
 
-INGEST_PATHS = frozenset({"/messages", "/json_dummy", "/json_dummy/"})
 RETRY_AFTER_S = "2"
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 BODY_TIMEOUT_S = 30.0
@@ -54,9 +53,11 @@ async def _surely_not_queued(found: Services, message_id: str) -> bool | None:
         return None
 
 
-def unavailable(what: str) -> Problem:
+def unavailable(what: str, kind: str = "redis-unavailable") -> Problem:
     """503: a dependency cannot take the request now; nothing was done."""
-    return Problem(503, f"{what} is unavailable; try again shortly.", headers={"Retry-After": RETRY_AFTER_S})
+    return Problem(
+        503, f"{what} is unavailable; try again shortly.", headers={"Retry-After": RETRY_AFTER_S}, kind=kind
+    )
 
 
 def check_token(found: Services, authorization: str | None) -> None:
@@ -86,6 +87,7 @@ async def accept(found: Services, body: bytes, idempotency_key: str | None) -> A
         payload = parse_body(body)
     except InvalidBody as exc:
         raise Problem(400, str(exc)) from None
+    await shedding.check(found.redis, found.settings.max_queue_depth)
     message_id, received_at = new_id(), utc_timestamp()
     try:
         accepted = await found.enqueuer.enqueue(
@@ -103,6 +105,7 @@ async def accept(found: Services, body: bytes, idempotency_key: str | None) -> A
                 "exactly once.",
                 headers={"Retry-After": RETRY_AFTER_S},
                 extensions={"outcome": "unknown"},
+                kind="outcome-unknown",
             ) from None
         accepted = bus.Accepted(message_id, received_at)
     except bus.IdempotencyConflict as exc:
@@ -112,8 +115,9 @@ async def accept(found: Services, body: bytes, idempotency_key: str | None) -> A
 
 
 async def serve_ingest(found: Services, scope: Scope, receive: Receive, send: Send) -> None:
-    """``POST``/``PUT`` on an ingest path at the ASGI level (see ``front``): what the Quart route
-    does, without the framework's per-request work."""
+    """``POST``/``PUT`` on an ingest path, at the ASGI level (``front.ROUTES`` says which paths)."""
+    started_s = time.perf_counter()
+    body: bytes | None = None
     headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
     try:
         check_token(found, headers.get("authorization"))
@@ -125,7 +129,7 @@ async def serve_ingest(found: Services, scope: Scope, receive: Receive, send: Se
     except Problem as problem:
         answer = Answer(
             problem.status,
-            problem_document(problem.status, problem.detail, problem.extensions),
+            problem_document(problem.status, problem.detail, problem.extensions, problem.kind),
             problem.headers,
             "application/problem+json",
         )
@@ -137,6 +141,7 @@ async def serve_ingest(found: Services, scope: Scope, receive: Receive, send: Se
     ]
     await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": answer.body})
+    metrics.ingested(answer.status, None if body is None else len(body), started_s)
 
 
 async def _read_body(receive: Receive, content_length: str | None, limit: int) -> bytes | None:

@@ -4,6 +4,9 @@ Both share :func:`follow`: replay what is stored after the client's ``seq`` from
 database, subscribe to the hub, replay once more to close the race between the two, then
 pass on live deliveries, dropping any ``seq`` already sent. Each stream therefore sees
 strictly increasing ``seq``, none twice and none missed, whichever process it reaches.
+
+The WebSocket writer uses hypercorn's internals (``WSStream``, its ``send``, ``stream_id`` and
+``closed``, the ``Data`` event, ``send.__self__``): ``contracts.py`` lists them and checks them.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from hypercorn.protocol.events import Data
 from hypercorn.protocol.ws_stream import WSStream
-from quart import Blueprint, Response, request, websocket
+from quart import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 
+from . import metrics
 from .asgi import Receive, Scope, Send
 from .hub import Closed, Delivery, Overflow, deliveries, websocket_frame
 from .problems import Problem, problem_document
@@ -33,7 +37,6 @@ _REPLAY_PAGE = 1000
 # RFC 6455 §7.4.1: 1001 "going away" (server stopping), 1013 "try again later" (too slow).
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
-WEBSOCKET_PATHS = frozenset({"/ws", "/json_dummy_ws"})
 _TOO_SLOW = "too slow; resume with ?after=<last seq>"
 _GOING_AWAY = "server going away; resume with ?after=<last seq>"
 
@@ -106,53 +109,19 @@ def _after(raw: str | None, name: str) -> int | None:
     return value
 
 
-@blueprint.websocket("/ws")
-@blueprint.websocket("/json_dummy_ws")
-async def ws() -> None:
-    """WebSocket stream: ``{"event": "message"|"ping", "data": ...}`` text frames.
-
-    The web process serves this path with :func:`serve_websocket` (see ``front``), which sends
-    the same frames without Quart's per-message work; this route is the reference.
-    """
-    found = services()
-    _check_origin(websocket.headers, found.settings.allowed_origins)
-    after = _after(websocket.args.get("after"), "after")
-    await websocket.accept()
-    reader = asyncio.create_task(_discard_incoming())
-    try:
-        async with contextlib.aclosing(follow(found, after)) as stream:
-            async for batch in stream:
-                if batch is None:
-                    await websocket.send(_ping(found))
-                    continue
-                for item in batch:
-                    await websocket.send(item.ws_text)
-    except Overflow:
-        await websocket.close(CLOSE_TRY_AGAIN_LATER, _TOO_SLOW)
-    except Closed:
-        await websocket.close(CLOSE_GOING_AWAY, _GOING_AWAY)
-    finally:
-        reader.cancel()
-
-
-async def _discard_incoming() -> None:
-    # Clients have nothing to say; reading keeps frames from queueing up unread.
-    # (The server caps the size of one incoming message; see web.py.)
-    while True:
-        await websocket.receive()
-
-
 def _ping(found: Services) -> str:
     return f'{{"event":"ping","data":{{"seq":{found.hub.last_seq}}}}}'
 
 
 async def serve_websocket(found: Services, scope: Scope, receive: Receive, send: Send) -> None:
-    """The WebSocket stream at the ASGI level: what ``ws`` does, for the front layer.
+    """The WebSocket stream (``/ws``), at the ASGI level in front of Quart (see ``front.ROUTES``):
+    ``{"event": "message"|"ping", "data": ...}`` text frames.
 
     Every frame a stream sends is the same for all its subscribers, so the hub encodes it once
     and this writes those bytes straight to hypercorn's stream, skipping Quart and re-encoding
     (and per-connection compression: a server may always send a frame uncompressed, RFC 7692
-    §6). Where the server is not hypercorn it falls back to plain ASGI messages.
+    §6). Where the server is not hypercorn it falls back to plain ASGI messages, and says so:
+    :func:`websocket_writer_in_use` (``/healthz``) and a log line at first use.
     """
     if (await receive())["type"] != "websocket.connect":
         return
@@ -169,9 +138,11 @@ async def serve_websocket(found: Services, scope: Scope, receive: Receive, send:
     streaming = asyncio.create_task(_stream_frames(found, after, write, send))
     # The client may go away at any time; then the stream (and its subscription) must end.
     listening = asyncio.create_task(_until_disconnect(receive))
+    metrics.stream_opened("ws")
     try:
         await asyncio.wait({streaming, listening}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        metrics.stream_closed("ws")
         for task in (streaming, listening):
             task.cancel()
         outcomes = await asyncio.gather(streaming, listening, return_exceptions=True)
@@ -191,7 +162,9 @@ async def _stream_frames(found: Services, after: int | None, write: FrameWriter,
                     await write([(websocket_frame(ping), ping)])
                 else:
                     await write([(item.ws_frame, item.ws_text) for item in batch])
+                    metrics.delivered("ws", batch)
     except Overflow:
+        metrics.closed_slow("ws")
         await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER, "reason": _TOO_SLOW})
     except Closed:
         await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": _GOING_AWAY})
@@ -206,9 +179,38 @@ async def _until_disconnect(receive: Receive) -> None:
 FrameWriter = Callable[[list[tuple[bytes, str]]], Awaitable[None]]
 
 
+WRITER_RAW = "hypercorn-raw"  # each frame's bytes, encoded once, straight to hypercorn's stream
+WRITER_ASGI = "asgi"  # plain ASGI messages: each frame re-encoded for each connection
+_writer_in_use: str | None = None
+
+
+def websocket_writer_in_use() -> str | None:
+    """The writer this process's WebSocket streams use (None before the first stream)."""
+    return _writer_in_use
+
+
+def _note_writer(writer: str, send: Send) -> None:
+    global _writer_in_use
+    if _writer_in_use == writer:
+        return
+    _writer_in_use = writer
+    if writer == WRITER_RAW:
+        logger.info("WebSocket frames are written by the %s writer", writer)
+    else:
+        # Under hypercorn this means its internals changed (see contracts.py): still correct,
+        # but every frame is encoded once per connection again.
+        logger.warning(
+            "WebSocket frames are written by the %s writer: the server's send (%r) is not "
+            "hypercorn's WSStream, so each frame is encoded once per connection",
+            writer,
+            send,
+        )
+
+
 def _frame_writer(send: Send) -> FrameWriter:
     stream = getattr(send, "__self__", None)
     if isinstance(stream, WSStream):
+        _note_writer(WRITER_RAW, send)
 
         async def write_frames(frames: list[tuple[bytes, str]]) -> None:
             if stream.closed:
@@ -218,6 +220,8 @@ def _frame_writer(send: Send) -> FrameWriter:
             await stream.send(Data(stream_id=stream.stream_id, data=data))
 
         return write_frames
+
+    _note_writer(WRITER_ASGI, send)
 
     async def send_texts(frames: list[tuple[bytes, str]]) -> None:
         for _, text in frames:
@@ -231,7 +235,7 @@ async def _refuse(scope: Scope, send: Send, problem: Problem) -> None:
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": 1008})
         return
-    body = problem_document(problem.status, problem.detail)
+    body = problem_document(problem.status, problem.detail, problem.extensions, problem.kind)
     headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "websocket.http.response.start", "status": problem.status, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body})
@@ -251,6 +255,7 @@ async def events() -> Response:
 
     async def stream() -> AsyncIterator[bytes]:
         yield b"retry: 1000\n\n"
+        metrics.stream_opened("sse")
         try:
             async with contextlib.aclosing(follow(found, after)) as deliveries_:
                 async for batch in deliveries_:
@@ -258,9 +263,13 @@ async def events() -> Response:
                         yield b": ping\n\n"
                     else:
                         yield b"".join(item.sse_frame for item in batch)
-        except (Overflow, Closed):
+                        metrics.delivered("sse", batch)
+        except (Overflow, Closed) as ended:
             # Ending the response makes EventSource reconnect with Last-Event-ID.
-            return
+            if isinstance(ended, Overflow):
+                metrics.closed_slow("sse")
+        finally:
+            metrics.stream_closed("sse")
 
     response = Response(
         stream(),

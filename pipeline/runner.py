@@ -14,6 +14,10 @@ finishes (a slot is free) and otherwise every ``poll_delay`` as a fallback.
 
 Tries are the job function's business (it gets ``job_try`` and records its own failures), so
 this runner never drops a job for having run too often, as arq does past ``max_tries``.
+
+It uses about twenty of ``Worker``'s internal names (``start_jobs``, ``_poll_iteration``,
+``tasks``, ``sem``, ``job_counter``, ...): ``contracts.py`` lists them, and the worker checks
+them when it starts.
 """
 
 from __future__ import annotations

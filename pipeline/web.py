@@ -13,8 +13,8 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 from hypercorn.typing import ASGIFramework
 
+from . import contracts
 from .app import close_streams, create_app
-from .asgi import ASGIApp
 from .config import Settings
 from .front import Front
 
@@ -52,6 +52,7 @@ def shared_listener(host: str, port: int) -> socket.socket:
 
 async def serve(settings: Settings, *, share_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT, then close streams and stop accepting."""
+    await contracts.check_redis()
     app = create_app(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -63,7 +64,7 @@ async def serve(settings: Settings, *, share_port: bool = False) -> None:
         close_streams(app)
 
     # Ingest and WebSocket streams are served in front of Quart (see front.py).
-    served = cast(ASGIFramework, Front(cast(ASGIApp, app), app.extensions))
+    served = cast(ASGIFramework, Front(app))
     listener = shared_listener(settings.host, settings.port) if share_port else None
     config = hypercorn_config(settings, shared_port=listener)
     await hypercorn_serve(served, config, shutdown_trigger=shutdown_trigger)
@@ -71,4 +72,5 @@ async def serve(settings: Settings, *, share_port: bool = False) -> None:
 
 def run(settings: Settings, *, share_port: bool = False) -> None:
     """Run one web process."""
+    contracts.check()
     uvloop.run(serve(settings, share_port=share_port))

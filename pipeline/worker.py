@@ -19,7 +19,7 @@ import uvloop
 from arq import Retry
 from arq.worker import func
 
-from . import bus
+from . import bus, contracts, metrics
 from .config import Settings
 from .messages import utc_timestamp
 from .runner import BatchingWorker
@@ -64,6 +64,7 @@ async def _give_up(
     ctx: dict[str, Any], message_id: str, payload: str, received_at: str, exc: BaseException
 ) -> None:
     logger.error("store of %s failed for good after %d tries: %r", message_id, ctx["job_try"], exc)
+    metrics.failed()
     await bus.record_failure(
         ctx["redis"],
         message_id,
@@ -84,12 +85,15 @@ async def _startup(ctx: dict[str, Any]) -> None:
     writer = Writer(store, ctx["redis"])
     writer.start()
     ctx["store"], ctx["writer"] = store, writer
+    ctx["metrics"] = metrics.start_reporter(ctx["redis"], "worker", settings.metrics_enabled)
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
     if "writer" in ctx:
         await ctx["writer"].stop()
         await ctx["store"].close()
+    if "metrics" in ctx:
+        await ctx["metrics"].stop()
 
 
 def create_worker(settings: Settings, *, handle_signals: bool = True) -> BatchingWorker:
@@ -119,6 +123,7 @@ def create_worker(settings: Settings, *, handle_signals: bool = True) -> Batchin
 
 def run(settings: Settings) -> None:
     """Run a worker (on uvloop) until SIGINT/SIGTERM."""
+    contracts.check()
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.set_event_loop(asyncio.new_event_loop())
     create_worker(settings).run()
