@@ -147,7 +147,7 @@ FAULTS: list[Fault] = [
     Fault(
         name="private-redis-without-append-only-file",
         path="pipeline/local_redis.py",
-        find='"--appendonly", "yes",',
+        find='"--appendonly", "yes" if self.appendonly else "no",',
         replace='"--appendonly", "no",',
         tests=("tests/test_faults.py::test_everything_killed_at_once_then_restarted",),
         guarantee="Everything killed at once, then python run.py again: all accepted stored once "
