@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from . import bus, metrics, shedding
+from . import bus, channels, metrics, shedding
 from .asgi import Receive, Scope, Send
-from .messages import InvalidBody, new_id, parse_body, utc_timestamp
+from .messages import DEFAULT_CHANNEL, InvalidBody, new_id, parse_body, utc_timestamp
 from .problems import Problem, problem_document
 from .services import Services
 from .store import TRANSIENT_ERRORS
 
+# Writes to one channel; front.ROUTES serves it with the paths that write to "default".
+CHANNEL_INGEST_PATH = "/channels/<name>/messages"
+_CHANNEL_PREFIX, _CHANNEL_SUFFIX = CHANNEL_INGEST_PATH.split("<name>")
 RETRY_AFTER_S = "2"
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 BODY_TIMEOUT_S = 30.0
@@ -66,8 +69,18 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
-async def accept(found: Services, body: bytes, idempotency_key: str | None) -> Answer:
-    """Validate and queue one document (headers already checked); raise Problem on refusal."""
+def channel_of(path: str) -> str:
+    """The channel a write to ``path`` goes to (not yet checked): ``<name>`` of
+    ``/channels/<name>/messages``, ``default`` on the paths from before channels."""
+    if path.startswith(_CHANNEL_PREFIX) and path.endswith(_CHANNEL_SUFFIX):
+        return path[len(_CHANNEL_PREFIX) : -len(_CHANNEL_SUFFIX)]
+    return DEFAULT_CHANNEL
+
+
+async def accept(
+    found: Services, body: bytes, idempotency_key: str | None, channel: str = DEFAULT_CHANNEL
+) -> Answer:
+    """Validate and queue one document (headers and channel already checked); raise Problem on refusal."""
     try:
         payload = parse_body(body)
     except InvalidBody as exc:
@@ -76,7 +89,7 @@ async def accept(found: Services, body: bytes, idempotency_key: str | None) -> A
     message_id, received_at = new_id(), utc_timestamp()
     try:
         accepted = await found.enqueuer.enqueue(
-            message_id, payload, received_at, idempotency_key=idempotency_key, body=body
+            message_id, payload, received_at, channel=channel, idempotency_key=idempotency_key, body=body
         )
     except bus.Unavailable as exc:
         not_queued = True if exc.outcome_known else await _surely_not_queued(found, message_id)
@@ -106,10 +119,11 @@ async def serve_ingest(found: Services, scope: Scope, receive: Receive, send: Se
     headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
     try:
         key = check_idempotency_key(headers.get("idempotency-key"))
+        channel = channels.check(channel_of(scope["path"]))
         body = await _read_body(receive, headers.get("content-length"), found.settings.max_body_bytes)
         if body is None:
             return  # the client went away
-        answer = await accept(found, body, key)
+        answer = await accept(found, body, key, channel)
     except Problem as problem:
         answer = Answer(
             problem.status,

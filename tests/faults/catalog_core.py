@@ -64,7 +64,7 @@ FAULTS: list[Fault] = [
         path="pipeline/store.py",
         find=" ON CONFLICT (id) DO NOTHING",
         replace="",
-        more=(("id = peewee.CharField(max_length=36, unique=True)", "id = peewee.CharField(max_length=36)"),),
+        more=(("pipeline/schema.py", '"CREATE UNIQUE INDEX IF NOT EXISTS message_id ON message (id)",', ""),),
         tests=(_RUN_TWICE,),
         guarantee="Accepted ⇒ stored exactly once: without the unique id a job run twice stores two rows.",
     ),
