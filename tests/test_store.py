@@ -115,7 +115,9 @@ def test_a_writer_held_up_after_taking_its_seqs_holds_up_the_others(
                     "INSERT INTO message (id, payload, received_at, persisted_at) VALUES (%s, '0', %s, %s)",
                     (held, "2026-11-27T20:39:01.123456Z", "2026-11-27T20:39:01.123456Z"),
                 )
-            slow = asyncio.create_task(first.save([*rows(2), (held, "1", "2026-11-27T20:39:01.123456Z")]))
+            slow = asyncio.create_task(
+                first.save([*rows(2), (held, "1", "2026-11-27T20:39:01.123456Z", "default")])
+            )
             await asyncio.sleep(0.5)  # it has taken its seqs and waits
             fast = asyncio.create_task(second.save(rows(1)))
             await asyncio.sleep(0.5)
