@@ -375,11 +375,25 @@ def test_live_streams_across_a_lost_notification(
                             received.append(frame["data"]["id"])
                 assert received == [first, second]
             time.sleep(1.0)  # worker A reconnects
+        # A lost notification with nothing after it: the hub's periodic look at the database
+        # (every 2 s) finds the message all the same.
+        with contextlib.ExitStack() as stack:
+            stack.callback(gate.open)
+            worker_b.send_signal(signal.SIGSTOP)
+            stack.callback(worker_b.send_signal, signal.SIGCONT)
+            lock = SqliteLock(database)
+            try:
+                last = send(client, {"round": "last", "by": "a"}).json()["id"]
+                wait_until(lambda: last in in_progress(pipeline.redis_url), timeout_s=10)
+                gate.shut()
+            finally:
+                lock.release()
+            follower.wait_for({last}, timeout_s=10)
         rows = stored(client)
         follower.stop()
         assert follower.violations == []
         assert [m["id"] for m in follower.received] == [row["id"] for row in rows]
-        assert len(rows) == 6
+        assert len(rows) == 7
     finally:
         follower.stop()
         client.close()

@@ -23,6 +23,14 @@ class Fault:
     replace: str  # what it becomes
     tests: tuple[str, ...]  # pytest node ids that must fail with the fault in
     guarantee: str = ""  # the promise it breaks, as the README's Guarantees table says it
-    # Further (find, replace) pairs in the same file, each also occurring exactly once, for a
-    # fault that needs more than one edit ("drop the unique index AND the ON CONFLICT").
-    more: tuple[tuple[str, str], ...] = ()
+    # Further edits, each also occurring exactly once, for a fault that needs more than one
+    # ("drop the unique index AND the ON CONFLICT"): (find, replace) in the same file, or
+    # (path, find, replace) in another.
+    more: tuple[tuple[str, str] | tuple[str, str, str], ...] = ()
+
+    def edits(self) -> list[tuple[str, str, str]]:
+        """Every (path, find, replace) of this fault."""
+        return [(self.path, self.find, self.replace)] + [
+            edit if len(edit) == 3 else (self.path, *edit)  # type: ignore[misc]
+            for edit in self.more
+        ]

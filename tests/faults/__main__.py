@@ -85,26 +85,24 @@ def copy_repository(files: Iterable[Path], into: Path) -> None:
 
 def check_applies(fault: Fault) -> str | None:
     """Why ``fault`` cannot be applied to this tree, or None."""
-    path = ROOT / fault.path
-    if not path.is_file():
-        return f"{fault.path} does not exist"
-    text = path.read_text()
-    for find, _ in ((fault.find, fault.replace), *fault.more):
-        count = text.count(find)
+    for relative, find, _ in fault.edits():
+        path = ROOT / relative
+        if not path.is_file():
+            return f"{relative} does not exist"
+        count = path.read_text().count(find)
         if count != 1:
-            return f"{find!r} occurs {count} times in {fault.path} (it must occur exactly once)"
+            return f"{find!r} occurs {count} times in {relative} (it must occur exactly once)"
     if not fault.tests:
         return "it names no tests"
     return None
 
 
 def apply(fault: Fault, copy: Path) -> None:
-    path = copy / fault.path
-    text = path.read_text()
-    for find, replace in ((fault.find, fault.replace), *fault.more):
+    for relative, find, replace in fault.edits():
+        path = copy / relative
+        text = path.read_text()
         assert text.count(find) == 1, fault.name
-        text = text.replace(find, replace)
-    path.write_text(text)
+        path.write_text(text.replace(find, replace))
 
 
 def pytest_command(node_ids: Iterable[str], *extra: str) -> list[str]:
@@ -168,7 +166,9 @@ def baseline(faults: list[Fault], files: list[Path], jobs: int) -> dict[str, str
                 passed = not any(child.tag in ("failure", "error", "skipped") for child in case)
                 outcomes.setdefault(node, []).append(passed)
             if result.returncode == 1:
-                errors = [line for line in result.stdout.splitlines() if line.startswith(("E ", "FAILED", "ERROR"))]
+                errors = [
+                    line for line in result.stdout.splitlines() if line.startswith(("E ", "FAILED", "ERROR"))
+                ]
                 print("\n".join(errors[:40]), file=sys.stderr)
 
     def passes(node_id: str) -> bool:

@@ -64,7 +64,7 @@ FAULTS: list[Fault] = [
         path="pipeline/store.py",
         find=" ON CONFLICT (id) DO NOTHING",
         replace="",
-        more=(("id = peewee.CharField(max_length=36, unique=True)", "id = peewee.CharField(max_length=36)"),),
+        more=(("pipeline/schema.py", '"CREATE UNIQUE INDEX IF NOT EXISTS message_id ON message (id)",', ""),),
         tests=(_RUN_TWICE,),
         guarantee="Accepted ⇒ stored exactly once: without the unique id a job run twice stores two rows.",
     ),
@@ -106,6 +106,15 @@ FAULTS: list[Fault] = [
         "was sent to web B (two workers' notifications arrive out of order).",
     ),
     Fault(
+        name="hub-reconcile-removed",
+        path="pipeline/hub.py",
+        find="            if latest > self.last_seq:\n                await self.catch_up()",
+        replace="            pass",
+        tests=(_GAP_SQLITE,),
+        guarantee="Live clients get every stored message: one whose notification was lost, with no "
+        "later one to show the gap, is found by the hub's periodic look at the database.",
+    ),
+    Fault(
         name="live-duplicate-filter-removed",
         path="pipeline/live.py",
         find="fresh = [item for item in batch if item.seq > sent]",
@@ -138,7 +147,7 @@ FAULTS: list[Fault] = [
     Fault(
         name="private-redis-without-append-only-file",
         path="pipeline/local_redis.py",
-        find='"--appendonly", "yes",',
+        find='"--appendonly", "yes" if self.appendonly else "no",',
         replace='"--appendonly", "no",',
         tests=("tests/test_faults.py::test_everything_killed_at_once_then_restarted",),
         guarantee="Everything killed at once, then python run.py again: all accepted stored once "
