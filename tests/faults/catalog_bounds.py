@@ -23,7 +23,7 @@ FAULTS: list[Fault] = [
     Fault(
         name="pages-not-bounded-by-bytes",
         path="pipeline/store.py",
-        find="        limit = self._rows_within(where, params, limit, max_bytes)\n",
+        find="        limit = self._rows_within(seq, until, limit, channels, max_bytes)\n",
         replace="",
         tests=(_HOSTILE + "test_concurrent_reads_of_large_messages_stay_bounded_and_ingest_keeps_answering",),
         guarantee="GET /messages bounds its memory by bytes, not rows",

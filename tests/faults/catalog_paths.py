@@ -8,8 +8,8 @@ FAULTS: list[Fault] = [
     Fault(
         name="raw-frame-writer-off",
         path="pipeline/live.py",
-        find="    if isinstance(stream, WSStream):",
-        replace="    if isinstance(stream, WSStream) and False:",
+        find="    if isinstance(stream, WSStream):\n        _note_writer(WRITER_RAW, send)",
+        replace="    if isinstance(stream, WSStream) and False:\n        _note_writer(WRITER_RAW, send)",
         tests=("tests/test_front.py::test_websocket_streams_use_the_raw_frame_writer_under_hypercorn",),
         guarantee="Under hypercorn, WebSocket frames go out by the raw-frame writer; /healthz says so",
     ),
