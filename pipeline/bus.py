@@ -10,6 +10,14 @@ by then, the job must not appear. So the script refuses to write once the deadli
 shortly before the client's own timeout, on Redis's clock) has passed.
 
 It relies on redis-py's wording of a refused connection; ``contracts.py`` lists that and checks it.
+
+Order (SPEC §3): a job's score is its enqueue time on Redis's own clock, so every web process
+agrees, in milliseconds with a microsecond fraction (arq compares scores with its millisecond
+timestamps; a double holds today's microseconds exactly), and never equal to or below the
+previous job's score (``pipeline:enqueued-us``), so jobs are claimed, and with one worker stored,
+in the order they were accepted: equal scores would come out in the random order of their ids.
+The score is one millisecond early: a worker asks for jobs due by the current *whole* millisecond,
+and a job scored 0.4 ms past it would wait for the next poll instead of the wake-up it sent.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ MESSAGES_CHANNEL = "pipeline:messages"
 WAKE_CHANNEL = "pipeline:wake"
 FAILED_KEY = "pipeline:failed"
 IDEMPOTENCY_PREFIX = "pipeline:idempotency:"
+LAST_ENQUEUED_KEY = "pipeline:enqueued-us"
 IDEMPOTENCY_TTL_S = 24 * 3600
 # arq expires a job that has not started within its TTL; an accepted message must wait for a
 # worker however long it takes, so the TTL is a year rather than arq's default day.
@@ -61,19 +70,27 @@ _CLOCK_RESYNC_S = 60.0
 
 _ENQUEUE_SCRIPT = """
 local now = redis.call('TIME')
-if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[1]) then
+local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+if math.floor(now_us / 1000) > tonumber(ARGV[1]) then
   return {'late'}
 end
-if #KEYS == 3 then
-  local previous = redis.call('GET', KEYS[3])
+if #KEYS == 4 then
+  local previous = redis.call('GET', KEYS[4])
   if previous then
     return {'existing', previous}
   end
-  redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6])
+  redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6])
 end
+local last_us = tonumber(redis.call('GET', KEYS[3]) or '0')
+if now_us <= last_us then
+  now_us = last_us + 1
+end
+redis.call('SET', KEYS[3], now_us)
+local due_us = now_us - 1000
+local score = string.format('%d.%03d', math.floor(due_us / 1000), due_us % 1000)
 redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[7], ARGV[2])
-redis.call('PUBLISH', ARGV[8], '')
+redis.call('ZADD', KEYS[2], score, ARGV[2])
+redis.call('PUBLISH', ARGV[7], '')
 return {'queued'}
 """
 
@@ -220,7 +237,7 @@ class Enqueuer:
         job = serialize_job(
             STORE_JOB, (message_id, payload, received_at), {}, None, int(now_ms), serializer=dumps_job
         )
-        keys = [job_key_prefix + message_id, QUEUE_NAME]
+        keys = [job_key_prefix + message_id, QUEUE_NAME, LAST_ENQUEUED_KEY]
         digest = ""
         if idempotency_key is not None:
             keys.append(IDEMPOTENCY_PREFIX + _sha256(idempotency_key.encode()))
@@ -232,7 +249,6 @@ class Enqueuer:
             JOB_TTL_MS,
             f"{message_id} {received_at} {digest}",
             IDEMPOTENCY_TTL_S,
-            int(now_ms),
             WAKE_CHANNEL,
         ]
         reply: list[bytes] = await self._script(keys=keys, args=args)

@@ -40,6 +40,9 @@ def postgres_database() -> Callable[[], str]:
 
     def make() -> str:
         if reason is not None:
+            # CI sets REQUIRE_POSTGRES=1: there a missing Postgres is a failure, not a skip.
+            if os.environ.get("REQUIRE_POSTGRES") == "1":
+                pytest.fail(f"{reason}, and REQUIRE_POSTGRES=1")
             pytest.skip(reason)
         name = f"pipeline_test_{uuid.uuid4().hex[:12]}"
         connection = psycopg2.connect(POSTGRES_URL)

@@ -5,10 +5,12 @@ Everything here starts real processes and stops them by PID; nothing is mocked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import redis
 
 from pipeline.local_redis import answers_ping, find_redis_server
 
@@ -128,6 +131,7 @@ class Pipeline:
     def __init__(self, directory: Path, redis_url: str, database_url: str, **env: str) -> None:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.redis_url = redis_url
         self.env = {
             **os.environ,
             "REDIS_URL": redis_url,
@@ -504,3 +508,111 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def in_progress(redis_url: str) -> set[str]:
+    """Ids of the jobs some worker has claimed and not finished (arq's in-progress keys)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return {key.decode().rsplit(":", 1)[1] for key in client.scan_iter("arq:in-progress:*")}
+    finally:
+        client.close()
+
+
+def queued(redis_url: str) -> int:
+    """Jobs on the queue, waiting or running."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return int(client.zcard("arq:queue"))
+    finally:
+        client.close()
+
+
+class SqliteLock:
+    """Holds SQLite's write lock, so a worker's commit waits (up to its busy timeout, 3 s)."""
+
+    def __init__(self, path: Path) -> None:
+        self._connection = sqlite3.connect(path, isolation_level=None)
+        self._connection.execute("BEGIN EXCLUSIVE")
+
+    def release(self) -> None:
+        if self._connection.in_transaction:
+            self._connection.execute("COMMIT")
+        self._connection.close()
+
+
+def count_rows(path: Path) -> int:
+    """Rows in the message table, read straight from the SQLite file."""
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return int(connection.execute("SELECT COUNT(*) FROM message").fetchone()[0])
+
+
+class Gate(threading.Thread):
+    """A TCP relay to Redis that a test can shut: while shut, nothing a client sends reaches Redis
+    (as when a network path stalls). Opening it cuts the connections that stalled, so what they
+    sent is lost for good, and new connections go through again."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.target = ("127.0.0.1", port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._open = threading.Event()
+        self._open.set()
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def run(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._pairs.append((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, outgoing: bool) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if outgoing:
+                    self._open.wait()
+                    if source.fileno() == -1:
+                        break
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def shut(self) -> None:
+        self._open.clear()
+
+    def open(self) -> None:
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for sock in pair:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+        self._open.set()
+
+    def close(self) -> None:
+        self._listener.close()
+        self.open()

@@ -7,6 +7,8 @@ stored message once, in order.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -17,16 +19,22 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.sync.client import connect as ws_connect
 
 from tests.support import (
     RUN_PY,
     Follower,
+    Gate,
     Pipeline,
     RedisServer,
     RunPy,
     Sender,
+    SqliteLock,
     assert_stored_exactly_once,
+    count_rows,
     free_port,
+    in_progress,
+    queued,
     send,
     stored,
     wait_until,
@@ -39,41 +47,112 @@ def report(name: str, **figures: object) -> None:
     print(f"\n[{name}] " + " ".join(f"{key}={value}" for key, value in figures.items()))
 
 
-def test_worker_killed_mid_load_loses_nothing(service: tuple[Pipeline, httpx.Client]) -> None:
+def _claimed_while_locked(pipeline: Pipeline, database: Path, at_least: int) -> tuple[SqliteLock, set[str]]:
+    """Hold the database's write lock until the worker has claimed ``at_least`` jobs: they are
+    then provably mid-job (claimed, their rows waiting to commit), not done and not yet started."""
+
+    def claimed() -> set[str] | None:
+        ids = in_progress(pipeline.redis_url)
+        return ids if len(ids) >= at_least else None
+
+    lock = SqliteLock(database)
+    try:
+        # Whatever is claimed while the lock is held is not stored (a batch that waits past the
+        # busy timeout, 3 s, is retried and its jobs leave this set), so these are mid-job now.
+        ids: set[str] = wait_until(claimed, timeout_s=10.0, interval_s=0.01)
+    except BaseException:
+        lock.release()
+        raise
+    return lock, ids
+
+
+def test_worker_killed_mid_load_loses_nothing(service: tuple[Pipeline, httpx.Client], tmp_path: Path) -> None:
     pipeline, client = service
     sender = Sender([str(client.base_url)], interval_s=0.004)
     sender.start()
-    time.sleep(1.5)
-    pipeline.stop_workers(sig=signal.SIGKILL)
-    killed_at = time.monotonic()
+    wait_until(lambda: len(sender.accepted) > 100, timeout_s=30)
+    # Killed while a batch is committing: its jobs are claimed, their rows not yet stored.
+    lock, claimed = _claimed_while_locked(pipeline, tmp_path / "pipeline.db", at_least=5)
+    try:
+        pipeline.stop_workers(sig=signal.SIGKILL)
+        killed_at = time.monotonic()
+    finally:
+        lock.release()
     time.sleep(1.0)  # messages keep arriving with no worker at all
     pipeline.start_worker()
     time.sleep(1.0)
     sender.stop()
-    rows = assert_stored_exactly_once(client, sender)
+    rows = assert_stored_exactly_once(client, sender, timeout_s=20)
     recovered_s = time.monotonic() - killed_at
+    assert claimed <= {row["id"] for row in rows}
     report(
-        "worker kill -9", accepted=len(sender.accepted), stored=len(rows), recovered_s=f"{recovered_s:.1f}"
+        "worker kill -9",
+        accepted=len(sender.accepted),
+        killed_mid_job=len(claimed),
+        stored=len(rows),
+        recovered_s=f"{recovered_s:.1f}",
     )
     assert sender.refused == [] and len(sender.accepted) > 100
     # A killed worker's jobs come back once their in-progress key expires (6 s, worker.py).
     assert recovered_s < 15
 
 
-def test_worker_sigterm_hands_back_its_jobs(service: tuple[Pipeline, httpx.Client]) -> None:
+def test_worker_sigterm_hands_back_its_jobs(service: tuple[Pipeline, httpx.Client], tmp_path: Path) -> None:
     pipeline, client = service
     sender = Sender([str(client.base_url)], interval_s=0.002)
     sender.start()
     time.sleep(1.0)
     (worker,) = pipeline.workers
-    started = time.monotonic()
-    pipeline.stop_workers(sig=signal.SIGTERM)
+    # SIGTERM while jobs are running (their rows wait on the lock): after its grace period (2 s)
+    # the worker interrupts them, and must hand them back rather than drop them.
+    lock, claimed = _claimed_while_locked(pipeline, tmp_path / "pipeline.db", at_least=5)
+    try:
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        # Every job it held ends (interrupted, or retried after the lock's timeout) before any can
+        # be stored: the lock is kept until then.
+        wait_until(lambda: not in_progress(pipeline.redis_url), timeout_s=10, interval_s=0.02)
+    finally:
+        lock.release()
+    worker.wait(10)
     assert worker.returncode == 0 and time.monotonic() - started < 5
+    pipeline.workers = []
     pipeline.start_worker()
     time.sleep(0.5)
     sender.stop()
     rows = assert_stored_exactly_once(client, sender, timeout_s=20)
-    report("worker SIGTERM", accepted=len(sender.accepted), stored=len(rows))
+    assert claimed <= {row["id"] for row in rows}
+    report("worker SIGTERM", accepted=len(sender.accepted), interrupted=len(claimed), stored=len(rows))
+
+
+def test_a_job_run_twice_stores_one_row(service: tuple[Pipeline, httpx.Client], redis_server: RedisServer,
+                                        tmp_path: Path) -> None:  # fmt: skip
+    """A worker killed after its rows committed but before it told Redis: the jobs run again."""
+    pipeline, client = service
+    database = tmp_path / "pipeline.db"
+    lock = SqliteLock(database)
+    try:
+        ids = [send(client, {"twice": n}).json()["id"] for n in range(20)]
+        wait_until(lambda: set(ids) <= in_progress(pipeline.redis_url), timeout_s=5)
+        # Redis stops: from now on the worker can store but can tell Redis nothing.
+        redis_server.pause()
+    finally:
+        lock.release()
+    try:
+        wait_until(lambda: count_rows(database) == 20, timeout_s=5)
+        pipeline.stop_workers(sig=signal.SIGKILL)
+    finally:
+        redis_server.resume()
+    assert set(ids) <= in_progress(pipeline.redis_url)  # unacknowledged: they will run again
+    pipeline.start_worker()
+    later = [send(client, {"later": n}).json()["id"] for n in range(5)]
+    # The jobs run again once their in-progress keys expire (6 s), alongside the later messages.
+    wait_until(lambda: queued(pipeline.redis_url) == 0, timeout_s=20, interval_s=0.1)
+    rows = stored(client)
+    assert [row["id"] for row in rows] == ids + later
+    health = client.get("/healthz").json()
+    assert health["queue"]["failed"] == 0 and health["status"] == "ok"
+    assert all(client.get(f"/messages/{i}").status_code == 200 for i in ids + later)
 
 
 def test_everything_killed_at_once_then_restarted(tmp_path: Path) -> None:
@@ -82,8 +161,15 @@ def test_everything_killed_at_once_then_restarted(tmp_path: Path) -> None:
         runner.start()
         sender = Sender([runner.url], interval_s=0.003)
         sender.start()
-        time.sleep(2.0)
+        # Under load, wait for enough traffic rather than a fixed time.
+        wait_until(lambda: len(sender.accepted) > 150, timeout_s=60, interval_s=0.05)
         assert runner.process is not None
+        # The worker falls behind (stopped), so accepted jobs are waiting in Redis when it all dies:
+        # they are only safe in Redis's append-only file.
+        (worker,) = [pid for pid in runner.descendants() if _cmdline(pid)[-1:] == [b"worker"]]
+        os.kill(worker, signal.SIGSTOP)
+        redis_url = f"unix://{runner.data_dir / 'redis.sock'}"
+        wait_until(lambda: queued(redis_url) >= 30, timeout_s=30, interval_s=0.05)
         everyone = [runner.process.pid, *runner.descendants()]
         for pid in everyone:
             os.kill(pid, signal.SIGKILL)
@@ -97,6 +183,13 @@ def test_everything_killed_at_once_then_restarted(tmp_path: Path) -> None:
         assert len(sender.accepted) > 100
     finally:
         runner.stop()
+
+
+def _cmdline(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    except OSError:
+        return []
 
 
 @pytest.mark.parametrize("how", ["restart", "kill"])
@@ -228,3 +321,64 @@ def test_postgres_connections_lost_under_load(
         assert terminated > 0
     finally:
         pipeline.stop()
+
+
+def test_live_streams_across_a_lost_notification(
+    pipeline: Pipeline, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Worker A stores a message, but its path to Redis stalls first, so the notification is lost;
+    worker B then stores the next one. On SQLite too, every live stream shows both, in order, once:
+    the hub reads the gap from the database before handing out past it, and a stream that replayed
+    the first message from the database does not get it again from the hub."""
+    database = tmp_path / "pipeline.db"
+    gate = Gate(redis_server.port)
+    gate.start()
+    url = pipeline.start_web()
+    pipeline.start_worker(REDIS_URL=gate.url)  # worker A: its path to Redis goes through the gate
+    worker_b = pipeline.start_worker()
+    pipeline.wait_healthy(url)
+    follower = Follower(url, transport="ws", after=0)
+    follower.start()
+    assert follower.connected.wait(10)
+    client = httpx.Client(base_url=url, timeout=10)
+    try:
+        for round_ in range(3):
+            rows = stored(client)
+            previous = rows[-1]["seq"] if rows else 0
+            with contextlib.ExitStack() as stack:
+                stack.callback(gate.open)
+                worker_b.send_signal(signal.SIGSTOP)  # only worker A can take the first message
+                try:
+                    lock = SqliteLock(database)
+                    try:
+                        first = send(client, {"round": round_, "by": "a"}).json()["id"]
+                        wait_until(lambda: first in in_progress(pipeline.redis_url), timeout_s=10)  # noqa: B023
+                        gate.shut()  # A has claimed it; whatever A tells Redis from now on is lost
+                    finally:
+                        lock.release()
+                    wait_until(lambda: client.get(f"/messages/{first}").status_code == 200, timeout_s=5)  # noqa: B023
+                    # Stored, and the hub has not heard of it: a stream resuming now replays it.
+                    stream = stack.enter_context(
+                        ws_connect(url.replace("http://", "ws://") + f"/ws?after={previous}", open_timeout=5)
+                    )
+                finally:
+                    worker_b.send_signal(signal.SIGCONT)
+                second = send(client, {"round": round_, "by": "b"}).json()["id"]
+                follower.wait_for({first, second}, timeout_s=10)
+                received: list[str] = []
+                with contextlib.suppress(TimeoutError):
+                    while len(received) < 3:
+                        frame = json.loads(stream.recv(timeout=1.0))
+                        if frame["event"] == "message":
+                            received.append(frame["data"]["id"])
+                assert received == [first, second]
+            time.sleep(1.0)  # worker A reconnects
+        rows = stored(client)
+        follower.stop()
+        assert follower.violations == []
+        assert [m["id"] for m in follower.received] == [row["id"] for row in rows]
+        assert len(rows) == 6
+    finally:
+        follower.stop()
+        client.close()
+        gate.close()

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
+
+import psycopg2
+import pytest
 
 from pipeline.messages import new_id
 from pipeline.store import Store
@@ -86,6 +90,45 @@ def test_concurrent_writers_commit_in_seq_order(database_url: str) -> None:
             assert everything == sorted(set(everything))
         finally:
             for store in [*writers, reader]:
+                await store.close()
+
+    run(scenario())
+
+
+@pytest.mark.postgres
+def test_a_writer_held_up_after_taking_its_seqs_holds_up_the_others(
+    postgres_database: Callable[[], str],
+) -> None:
+    """Postgres hands out ``seq`` when a row is inserted, not when it commits. A writer held up
+    between the two (here: waiting on another transaction that inserted one of its ids) must keep
+    every other writer waiting, or a reader would see a larger ``seq`` first and skip the smaller."""
+    url = postgres_database()
+
+    async def scenario() -> None:
+        first, second, reader = Store(url, threads=1), Store(url, threads=1), Store(url)
+        blocker = psycopg2.connect(url)
+        try:
+            await first.create_tables()
+            held = new_id()
+            with blocker.cursor() as cursor:  # uncommitted: an insert of the same id waits for it
+                cursor.execute(
+                    "INSERT INTO message (id, payload, received_at, persisted_at) VALUES (%s, '0', %s, %s)",
+                    (held, "2026-11-27T20:39:01.123456Z", "2026-11-27T20:39:01.123456Z"),
+                )
+            slow = asyncio.create_task(first.save([*rows(2), (held, "1", "2026-11-27T20:39:01.123456Z")]))
+            await asyncio.sleep(0.5)  # it has taken its seqs and waits
+            fast = asyncio.create_task(second.save(rows(1)))
+            await asyncio.sleep(0.5)
+            visible = [m.seq for m in await reader.after(0, 100)]
+            blocker.rollback()
+            await asyncio.gather(slow, fast)
+            everything = [m.seq for m in await reader.after(0, 100)]
+            assert len(everything) == 4
+            # Whatever a reader saw first, nothing with a smaller seq appeared after it.
+            assert everything[: len(visible)] == visible
+        finally:
+            blocker.close()
+            for store in (first, second, reader):
                 await store.close()
 
     run(scenario())

@@ -23,3 +23,6 @@ class Fault:
     replace: str  # what it becomes
     tests: tuple[str, ...]  # pytest node ids that must fail with the fault in
     guarantee: str = ""  # the promise it breaks, as the README's Guarantees table says it
+    # Further (find, replace) pairs in the same file, each also occurring exactly once, for a
+    # fault that needs more than one edit ("drop the unique index AND the ON CONFLICT").
+    more: tuple[tuple[str, str], ...] = ()
