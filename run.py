@@ -108,13 +108,13 @@ def _configure_logging() -> None:
 
 
 def release(settings: Settings) -> int:
-    """Create the tables (safe to run any number of times)."""
-    from pipeline.store import TRANSIENT_ERRORS, Store
+    """Create or migrate the tables (safe to run any number of times, and several at once)."""
+    from pipeline.store import TRANSIENT_ERRORS, Store, prepare_database
 
     async def create() -> None:
         store = Store(settings.database_url, threads=1)
         try:
-            await store.create_tables()
+            await prepare_database(store)
         finally:
             await store.close()
 

@@ -266,7 +266,10 @@ class HttpPool:
             self._idle.append(connection)
 
     async def put(
-        self, make_body: Callable[[], bytes], on_sent: Callable[[], None] | None = None
+        self,
+        make_body: Callable[[], bytes],
+        on_sent: Callable[[], None] | None = None,
+        path: str = "/messages",
     ) -> tuple[int, bytes]:
         """PUT the body ``make_body()`` builds right before writing (so timestamps inside are fresh)."""
         async with self._slots:
@@ -282,7 +285,7 @@ class HttpPool:
                 self._all.append(connection)
             try:
                 body = make_body()
-                connection.send_put(body)
+                connection.send_put(body, path)
                 if on_sent is not None:
                     on_sent()
                 return await connection.read_response()

@@ -1,6 +1,6 @@
 """One fan-out client process: N WebSocket connections to /ws that check what they receive.
 
-    python -m bench.fanout_client --port P --clients N --out FILE [--deflate]
+    python -m bench.fanout_client --port P --clients N --out FILE [--deflate] [--channels C]
 
 Talks to the benchmark over stdin/stdout, one line each way:
   -> "READY <connected> <failed>"         once every connection is open
@@ -11,6 +11,10 @@ Talks to the benchmark over stdin/stdout, one line each way:
 Each measured payload is {"fanout": "m", "n": <0..K-1>, "ts": <time.time_ns() just before
 its PUT was written>}; a connection records (n, receipt time) and checks that ``seq`` strictly
 increases on it. FILE gets per-process totals and every delivery latency in microseconds.
+
+With ``--channels C``, connection j follows ``/ws?channel=ch<j % C>``; measured payloads then
+carry their channel ("c") and "expect" maps each channel to its accepted numbers. A message of
+another channel arriving on a connection counts as "unexpected".
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from bench.procs import raise_nofile_limit
 
 
 class Conn:
-    __slots__ = ("last_seq", "ns", "order_violations", "pings", "frames", "reader")
+    __slots__ = ("last_seq", "ns", "order_violations", "pings", "frames", "reader", "channel", "foreign")
 
-    def __init__(self) -> None:
+    def __init__(self, channel: str | None = None) -> None:
+        self.channel = channel
+        self.foreign = 0
         self.last_seq = 0
         self.ns: list[int] = []
         self.order_violations = 0
@@ -41,7 +47,7 @@ class Conn:
 
 async def main(args: argparse.Namespace) -> None:
     latencies: list[int] = []
-    conns = [Conn() for _ in range(args.clients)]
+    conns = [Conn(f"ch{j % args.channels}" if args.channels else None) for j in range(args.clients)]
 
     def handler(conn: Conn):  # type: ignore[no-untyped-def]
         def on_text(data: bytes, now_ns: int) -> None:
@@ -57,6 +63,9 @@ async def main(args: argparse.Namespace) -> None:
             conn.last_seq = seq
             payload = message["payload"]
             if isinstance(payload, dict) and payload.get("fanout") == "m":
+                if conn.channel is not None and payload.get("c") != conn.channel:
+                    conn.foreign += 1
+                    return
                 conn.ns.append(payload["n"])
                 latencies.append((now_ns - payload["ts"]) // 1000)
 
@@ -70,8 +79,9 @@ async def main(args: argparse.Namespace) -> None:
         async with semaphore:
             for _attempt in range(3):
                 try:
+                    path = "/ws" if conn.channel is None else f"/ws?channel={conn.channel}"
                     conn.reader = await open_ws(
-                        "127.0.0.1", args.port, "/ws", handler(conn), deflate=args.deflate, timeout_s=20
+                        "127.0.0.1", args.port, path, handler(conn), deflate=args.deflate, timeout_s=20
                     )
                     return
                 except (OSError, RuntimeError, TimeoutError):
@@ -85,11 +95,16 @@ async def main(args: argparse.Namespace) -> None:
 
     line = await loop.run_in_executor(None, sys.stdin.readline)
     command = orjson.loads(line)
-    expected = set(command["expect"])
-    expect, timeout_s = len(expected), float(command["timeout_s"])
+    expect_of = command["expect"]
+
+    def expected_of(conn: Conn) -> set[int]:
+        return set(expect_of if conn.channel is None else expect_of.get(conn.channel, []))
+
+    expected_by_conn = [expected_of(conn) for conn in conns]
+    timeout_s = float(command["timeout_s"])
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if all(len(conn.ns) >= expect or conn.reader is None for conn in conns):
+        if all(len(c.ns) >= len(e) or c.reader is None for c, e in zip(conns, expected_by_conn, strict=True)):
             break
         await asyncio.sleep(0.05)
     # A little longer, so a duplicate arriving right after the last message is seen too.
@@ -97,7 +112,8 @@ async def main(args: argparse.Namespace) -> None:
 
     complete = missing = duplicates = closed = 0
     close_codes: dict[str, int] = {}
-    for conn in conns:
+    for conn, expected in zip(conns, expected_by_conn, strict=True):
+        expect = len(expected)
         got = set(conn.ns)
         duplicates += len(conn.ns) - len(got)
         # (a refused PUT's message can never arrive: it was not stored)
@@ -114,7 +130,10 @@ async def main(args: argparse.Namespace) -> None:
         "deflate_negotiated": sum(1 for c in conns if c.reader is not None and c.reader.deflate),
         "complete": complete,
         "missing": missing,
-        "unexpected": sum(len(set(conn.ns) - expected) for conn in conns),
+        "unexpected": sum(
+            len(set(c.ns) - e) + c.foreign for c, e in zip(conns, expected_by_conn, strict=True)
+        ),
+        "expected_deliveries": sum(len(e) for e in expected_by_conn),
         "duplicates": duplicates,
         "order_violations": sum(conn.order_violations for conn in conns),
         "closed": closed,
@@ -140,5 +159,6 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--deflate", action="store_true", help="offer permessage-deflate, as browsers do")
+    parser.add_argument("--channels", type=int, default=0, help="spread connections over this many channels")
     raise_nofile_limit()
     uvloop.run(main(parser.parse_args()))

@@ -31,6 +31,7 @@ from bench import procs
 from bench.clients import HttpPool
 from bench.procs import PYTHON, CpuMeter, System, spawn, stop, temp_dir
 from pipeline.local_redis import LocalRedis
+from pipeline.schema import FILL_CHANNEL_STATS
 
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "ingest.lua"
@@ -474,6 +475,10 @@ def _readline(process: subprocess.Popen[bytes], timeout_s: float) -> str:
 
 
 def fanout(cfg: Config, variant: str, hook: Hook | None = None) -> dict[str, Any]:
+    """Variants: "deflate", "plain", and "channels-<C>": clients spread over C channels (each
+    client follows one with ?channel=), each channel sent ``fanout_rate`` msg/s, so every
+    client receives what it does in "plain" and the difference is the cost of filtering."""
+    channel_count = int(variant.removeprefix("channels-")) if variant.startswith("channels-") else 0
     system = System("run.py", name="fanout").start()
     clients: list[subprocess.Popen[bytes]] = []
     directory = system.data_dir
@@ -491,6 +496,8 @@ def fanout(cfg: Config, variant: str, hook: Hook | None = None) -> dict[str, Any
             ]  # fmt: skip
             if variant == "deflate":
                 args.append("--deflate")
+            if channel_count:
+                args += ["--channels", str(channel_count)]
             clients.append(
                 spawn(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, log=directory / f"fanout-{i}.log")
             )
@@ -512,7 +519,7 @@ def fanout(cfg: Config, variant: str, hook: Hook | None = None) -> dict[str, Any
         measured = int(cfg.fanout_rate * cfg.fanout_duration_s)
         meter = CpuMeter(pids).start()
         finish = _start_hook(hook, system.pids)
-        send = uvloop.run(_fanout_send(system.port, cfg.fanout_rate, measured))
+        send = uvloop.run(_fanout_send(system.port, cfg.fanout_rate, measured, channel_count))
         for process in clients:
             assert process.stdin is not None
             process.stdin.write(orjson.dumps({"expect": send["accepted"], "timeout_s": 30}) + b"\n")
@@ -543,19 +550,20 @@ def fanout(cfg: Config, variant: str, hook: Hook | None = None) -> dict[str, Any
         system.stop()
 
     latencies = [v for r in results for v in r["latencies_us"]]
-    deliveries_expected = len(send["accepted"]) * cfg.fanout_clients
+    deliveries_expected = sum(r["expected_deliveries"] for r in results)
     total = lambda key: sum(r[key] for r in results)  # noqa: E731
     cpu = meter.percent()
     client_cpu = sum(v for k, v in cpu.items() if k.startswith("client"))
     out = {
         "variant": variant,
+        "channels": channel_count,
         "clients": cfg.fanout_clients,
         "connected": connected,
         "connect_failed": failed,
         "connect_s": connect_s,
         "subscribers_seen_by_web": subscribers,
         "deflate_negotiated": total("deflate_negotiated"),
-        "messages": measured,
+        "messages": measured * max(1, channel_count),
         "achieved_rate": send["achieved_rate"],
         "put_statuses": send["statuses"],
         "puts_refused": sum(v for k, v in send["statuses"].items() if k != 202),
@@ -589,7 +597,9 @@ def fanout(cfg: Config, variant: str, hook: Hook | None = None) -> dict[str, Any
     return out
 
 
-async def _fanout_send(port: int, rate: float, count: int) -> dict[str, Any]:
+async def _fanout_send(port: int, rate: float, count: int, channels: int = 0) -> dict[str, Any]:
+    """Send ``count`` measured messages at ``rate``/s, to /messages or to each of ``channels``
+    channels (each at ``rate``/s); "accepted" lists the accepted numbers (per channel if any)."""
     pool = HttpPool("127.0.0.1", port)
     await pool.warm(2)
     statuses: dict[int, int] = {}
@@ -602,35 +612,54 @@ async def _fanout_send(port: int, rate: float, count: int) -> dict[str, Any]:
     await asyncio.sleep(0.5)
 
     accepted: list[int] = []
+    by_channel: dict[str, list[int]] = {f"ch{c}": [] for c in range(channels)}
 
-    async def send_one(i: int) -> None:
-        status, _ = await pool.put(
-            lambda: b'{"fanout":"m","n":%d,"ts":%d,"text":"a small JSON document"}' % (i, time.time_ns())
-        )
+    async def send_one(i: int, channel: str | None) -> None:
+        if channel is None:
+            status, _ = await pool.put(
+                lambda: b'{"fanout":"m","n":%d,"ts":%d,"text":"a small JSON document"}' % (i, time.time_ns())
+            )
+        else:
+            status, _ = await pool.put(
+                lambda: (
+                    b'{"fanout":"m","n":%d,"c":"%s","ts":%d,"text":"a small JSON document"}'
+                    % (i, channel.encode(), time.time_ns())
+                ),
+                path=f"/channels/{channel}/messages",
+            )
         statuses[status] = statuses.get(status, 0) + 1
         if status == 202:
-            accepted.append(i)
+            (accepted if channel is None else by_channel[channel]).append(i)
 
-    # Open loop: message i leaves at start + i / rate whatever happened to earlier ones.
+    # Open loop: message i leaves at start + i / rate whatever happened to earlier ones (with
+    # channels, message i of channel c at start + (i + c / channels) / rate).
     start = loop.time()
     sends = []
     for i in range(count):
-        delay = start + i / rate - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        sends.append(asyncio.create_task(send_one(i)))
+        for c in range(max(1, channels)):
+            delay = start + (i + c / max(1, channels)) / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sends.append(asyncio.create_task(send_one(i, f"ch{c}" if channels else None)))
     achieved = (count - 1) / max(1e-9, loop.time() - start) if count > 1 else rate
     await asyncio.gather(*sends)
     connections = pool.size
     await pool.close()
-    return {"statuses": statuses, "achieved_rate": achieved, "connections": connections, "accepted": accepted}
+    return {
+        "statuses": statuses,
+        "achieved_rate": achieved,
+        "connections": connections,
+        "accepted": by_channel if channels else accepted,
+    }
 
 
 # 4. GET /messages of many stored rows -----------------------------------------------------
-def make_filled_database(rows: int) -> Path:
-    """A DATA_DIR whose pipeline.db (schema made by ``run.py release``) holds ``rows`` messages.
+def make_filled_database(rows: int, channels: int = 0) -> Path:
+    """A DATA_DIR whose pipeline.db (schema made by ``run.py release``) holds ``rows`` messages
+    (spread round-robin over ``channels`` channels ch0, ch1, ..., or all in ``default``).
 
-    The rows are inserted straight into the SQLite file (one transaction), not through ingest.
+    The rows are inserted straight into the SQLite file (one transaction), not through ingest;
+    the channel figures are then filled by the same SQL as the schema migration's.
     """
     directory = temp_dir("get-template")
     env = procs.base_env(directory)
@@ -641,17 +670,19 @@ def make_filled_database(rows: int) -> Path:
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     with db:
         db.executemany(
-            "INSERT INTO message (id, payload, received_at, persisted_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO message (id, payload, received_at, persisted_at, channel) VALUES (?, ?, ?, ?, ?)",
             (
                 (
                     str(uuid.uuid4()),
                     f'{{"n":{i},"text":"a small JSON document","ok":true,"values":[1,2.5,null]}}',
                     stamp,
                     stamp,
+                    f"ch{i % channels}" if channels else "default",
                 )
                 for i in range(rows)
             ),
         )
+        db.execute(FILL_CHANNEL_STATS)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
     return directory

@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
 import orjson
 from quart import Blueprint, Response, render_template, request
 
-from . import bus, live
+from . import bus, channels, live
 from .ingest import unavailable
 from .messages import canonical_id, render
 from .problems import Problem
@@ -44,18 +45,46 @@ def _int_arg(name: str, *, low: int) -> int | None:
 @blueprint.get("/json_dummy/")
 async def list_messages() -> Response:
     """Stored messages as one JSON array, ascending ``seq``, streamed page by page."""
+    return await _list(channels.check_filter(request.args.getlist("channel")))
+
+
+@blueprint.get("/channels/<name>/messages")
+async def list_channel_messages(name: str) -> Response:
+    """One channel's stored messages, as ``GET /messages`` (same parameters)."""
+    return await _list(frozenset({channels.check(name)}))
+
+
+@blueprint.get("/channels")
+async def list_channels() -> Response:
+    """Every channel holding messages: ``[{"name", "count", "latest_seq", "latest_at"}]``."""
+    try:
+        found = await services().store.channels()
+    except TRANSIENT_ERRORS:
+        raise unavailable("The database") from None
+    return _json([dataclasses.asdict(stats) for stats in found])
+
+
+async def _list(narrow: frozenset[str] | None) -> Response:
     after = _int_arg("after", low=0) or 0
     limit = _int_arg("limit", low=0)
     tail = _int_arg("tail", low=0)
+    # ?before=<seq>: only messages below it; with limit (or tail), the ones just below it.
+    before = _int_arg("before", low=1)
+    below = None if before is None else before - 1
+    if tail is None and before is not None and limit is not None:
+        tail = limit
     store = services().store
     try:
         if tail is not None:
-            first = await store.tail(tail if limit is None else min(tail, limit))
+            first = await store.tail(
+                tail if limit is None else min(tail, limit), after=after, until=below, channels=narrow
+            )
             until = first[-1].seq if first else 0
             limit = len(first)
         else:
             until = await store.latest_seq()
-            first = await store.after(after, _page_size(limit), until)
+            until = until if below is None else min(until, below)
+            first = await store.after(after, _page_size(limit), until, channels=narrow)
     except TRANSIENT_ERRORS:
         raise unavailable("The database") from None
 
@@ -68,7 +97,8 @@ async def list_messages() -> Response:
             sent += len(page)
             if len(page) < _PAGE_ROWS or (limit is not None and sent >= limit):
                 break
-            page = await store.after(page[-1].seq, _page_size(None if limit is None else limit - sent), until)
+            remaining = None if limit is None else limit - sent
+            page = await store.after(page[-1].seq, _page_size(remaining), until, channels=narrow)
         yield b"]"
 
     response = Response(pages(), content_type="application/json")

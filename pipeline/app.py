@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -15,12 +14,11 @@ from .config import Settings
 from .hub import Hub
 from .problems import Problem, problem_response
 from .services import EXTENSION_KEY, Services
-from .store import TRANSIENT_ERRORS, Store
+from .store import Store, prepare_database
 
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
-_DATABASE_WAIT_S = 30.0
 
 
 def create_app(settings: Settings) -> Quart:
@@ -44,7 +42,7 @@ def create_app(settings: Settings) -> Quart:
         store = Store(settings.database_url)
         hub = Hub(redis, store)
         try:
-            await _prepare_database(store)
+            await prepare_database(store)
             await hub.start()
             app.extensions[EXTENSION_KEY] = Services(settings, redis, enqueuer, store, hub)
             yield
@@ -67,23 +65,6 @@ def close_streams(app: Quart) -> None:
     found: Services | None = app.extensions.get(EXTENSION_KEY)
     if found is not None:
         found.hub.close_all()
-
-
-async def _prepare_database(store: Store) -> None:
-    # A web process may start before its database answers (a platform restarting both).
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + _DATABASE_WAIT_S
-    delay_s = 0.2
-    while True:
-        try:
-            await store.create_tables()
-            return
-        except TRANSIENT_ERRORS as exc:
-            if loop.time() > deadline:
-                raise
-            logger.warning("waiting for the database: %s", exc)
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, 5.0)
 
 
 def _register_error_handlers(app: Quart) -> None:

@@ -44,6 +44,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .contracts import REDIS_REFUSED_WORDING
+from .messages import DEFAULT_CHANNEL
 
 # redis-py types its commands for both its sync and async clients (``Awaitable[T] | T``), hence
 # the few "type: ignore[misc]" where we await one.
@@ -186,6 +187,7 @@ class Enqueuer:
         payload: str,
         received_at: str,
         *,
+        channel: str = DEFAULT_CHANNEL,
         idempotency_key: str | None = None,
         body: bytes = b"",
     ) -> Accepted:
@@ -197,7 +199,7 @@ class Enqueuer:
             try:
                 await self._sync_clock()
                 reply, digest = await self._run_script(
-                    message_id, payload, received_at, idempotency_key, body
+                    message_id, payload, received_at, channel, idempotency_key, body
                 )
                 break
             except RedisConnectionError as exc:
@@ -231,17 +233,23 @@ class Enqueuer:
         return Accepted(message_id, received_at)
 
     async def _run_script(
-        self, message_id: str, payload: str, received_at: str, idempotency_key: str | None, body: bytes
+        self,
+        message_id: str,
+        payload: str,
+        received_at: str,
+        channel: str,
+        idempotency_key: str | None,
+        body: bytes,
     ) -> tuple[list[bytes], str]:
         now_ms = time.time() * 1000
-        job = serialize_job(
-            STORE_JOB, (message_id, payload, received_at), {}, None, int(now_ms), serializer=dumps_job
-        )
+        job_args = (message_id, payload, received_at, channel)
+        job = serialize_job(STORE_JOB, job_args, {}, None, int(now_ms), serializer=dumps_job)
         keys = [job_key_prefix + message_id, QUEUE_NAME, LAST_ENQUEUED_KEY]
         digest = ""
         if idempotency_key is not None:
             keys.append(IDEMPOTENCY_PREFIX + _sha256(idempotency_key.encode()))
-            digest = _sha256(body)
+            # The same key and body sent to another channel is another request (422).
+            digest = _sha256(body if channel == DEFAULT_CHANNEL else channel.encode() + b"\n" + body)
         args: list[Any] = [
             int(now_ms + self._offset_ms + _DEADLINE_S * 1000),
             message_id,
@@ -303,7 +311,12 @@ async def retry_failed(url: str) -> int:
     try:
         for message_id, raw in (await redis.hgetall(FAILED_KEY)).items():  # type: ignore[misc]
             record = loads_job(raw)
-            await enqueuer.enqueue(record["id"], record["payload"], record["received_at"])
+            await enqueuer.enqueue(
+                record["id"],
+                record["payload"],
+                record["received_at"],
+                channel=record.get("channel", DEFAULT_CHANNEL),
+            )
             await redis.hdel(FAILED_KEY, message_id)  # type: ignore[misc]
             count += 1
     finally:

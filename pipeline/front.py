@@ -25,7 +25,7 @@ from typing import Any, cast
 from quart import Quart
 
 from .asgi import ASGIApp, Receive, Scope, Send
-from .ingest import serve_ingest
+from .ingest import CHANNEL_INGEST_PATH, ingest_channel, serve_ingest
 from .live import CLOSE_TRY_AGAIN_LATER, serve_websocket
 from .problems import problem_document
 from .services import EXTENSION_KEY, Services
@@ -49,6 +49,7 @@ class Route:
 ROUTES: tuple[Route, ...] = (
     #     scope        methods          paths                                         handler
     Route("http",      ("POST", "PUT"), ("/messages", "/json_dummy", "/json_dummy/"), serve_ingest),
+    Route("http",      ("POST", "PUT"), (CHANNEL_INGEST_PATH,),                       serve_ingest),
     Route("websocket", ("GET",),        ("/ws", "/json_dummy_ws"),                    serve_websocket),
 )
 # fmt: on
@@ -81,7 +82,10 @@ class Front:
                 )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = self._handlers.get((scope["type"], scope.get("method", "GET"), scope.get("path", "")))
+        path = scope.get("path", "")
+        if path.startswith("/channels/") and ingest_channel(path) is not None:
+            path = CHANNEL_INGEST_PATH  # the one route with a variable part
+        handler = self._handlers.get((scope["type"], scope.get("method", "GET"), path))
         if handler is None:
             await self.app(scope, receive, send)
             return

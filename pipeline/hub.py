@@ -9,7 +9,9 @@ came. Since ``seq`` grows in commit order, whatever the database holds below a v
 ``seq`` is final, so these reads never miss a message.
 
 Each stream owns a bounded :class:`Subscription`. Messages are encoded once per process into
-the WebSocket and SSE frames every subscriber shares.
+the WebSocket and SSE frames every subscriber shares. A subscription narrowed to some channels
+(SPEC §9) skips the others' messages with one set lookup each, before they count against its
+buffer; the hub itself follows every channel, since ``seq`` is global.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ import contextlib
 import logging
 import struct
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable
 from typing import NamedTuple
 
 from arq.connections import ArqRedis
 
 from . import bus
-from .messages import Message, render, seq_of, unpack
+from .messages import Message, channel_of, render, seq_of, unpack
 from .store import TRANSIENT_ERRORS, Store
 from .tasks import cancel_and_wait
 
@@ -44,6 +46,7 @@ class Delivery(NamedTuple):
     ws_text: str
     ws_frame: bytes
     sse_frame: bytes
+    channel: str
 
 
 def websocket_frame(text: str) -> bytes:
@@ -62,9 +65,10 @@ def websocket_frame(text: str) -> bytes:
     return header + data
 
 
-def delivery(rendered: str, seq: int | None = None) -> Delivery:
+def delivery(rendered: str, seq: int | None = None, channel: str | None = None) -> Delivery:
     """Wrap a rendered message in its WebSocket and SSE frames."""
     seq = seq_of(rendered) if seq is None else seq
+    channel = channel_of(rendered) if channel is None else channel
     ws_text = f'{{"event":"message","data":{rendered}}}'
     if "\n" in rendered or "\r" in rendered:
         # A payload's whitespace may hold line breaks; SSE needs one data: line per line.
@@ -72,12 +76,12 @@ def delivery(rendered: str, seq: int | None = None) -> Delivery:
     else:
         data = f"data: {rendered}\n"
     sse_frame = f"id: {seq}\nevent: message\n{data}\n".encode()
-    return Delivery(seq, rendered, ws_text, websocket_frame(ws_text), sse_frame)
+    return Delivery(seq, rendered, ws_text, websocket_frame(ws_text), sse_frame, channel)
 
 
 def deliveries(messages: Iterable[Message]) -> list[Delivery]:
     """Deliveries for messages read from the database."""
-    return [delivery(render(message), message.seq) for message in messages]
+    return [delivery(render(message), message.seq, message.channel) for message in messages]
 
 
 class Overflow(Exception):
@@ -89,10 +93,16 @@ class Closed(Exception):
 
 
 class Subscription:
-    """A bounded buffer of deliveries for one stream, filled by the hub."""
+    """A bounded buffer of deliveries for one stream, filled by the hub.
 
-    def __init__(self, start_seq: int, max_messages: int, max_bytes: int) -> None:
+    ``channels``: the only channels it wants (None: every channel).
+    """
+
+    def __init__(
+        self, start_seq: int, max_messages: int, max_bytes: int, channels: frozenset[str] | None = None
+    ) -> None:
         self.start_seq = start_seq
+        self.channels = channels
         self._items: deque[Delivery] = deque()
         self._bytes = 0
         self._max_messages = max_messages
@@ -101,8 +111,9 @@ class Subscription:
         self._error: Exception | None = None
 
     def offer(self, item: Delivery) -> None:
-        """Queue a delivery; past the bound the subscription fails with Overflow."""
-        if self._error is not None:
+        """Queue a delivery (if it is for this stream's channels); past the bound the
+        subscription fails with Overflow."""
+        if self._error is not None or (self.channels is not None and item.channel not in self.channels):
             return
         self._items.append(item)
         self._bytes += len(item.text)
@@ -184,9 +195,11 @@ class Hub:
             subscriber.close()
 
     @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[Subscription]:
-        """A subscription that receives every message after the hub's current ``last_seq``."""
-        subscription = Subscription(self.last_seq, self._max_messages, self._max_bytes)
+    async def subscribe(self, channels: Collection[str] | None = None) -> AsyncIterator[Subscription]:
+        """A subscription that receives every message (of ``channels``, None: all) after the
+        hub's current ``last_seq``."""
+        wanted = frozenset(channels) if channels else None
+        subscription = Subscription(self.last_seq, self._max_messages, self._max_bytes, wanted)
         if self._closing:
             subscription.close()
         self._subscribers.add(subscription)

@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from . import bus
+from . import bus, channels
 from .asgi import Receive, Scope, Send
-from .messages import InvalidBody, new_id, parse_body, utc_timestamp
+from .messages import DEFAULT_CHANNEL, InvalidBody, new_id, parse_body, utc_timestamp
 from .problems import Problem, problem_document
 from .services import Services
 from .store import TRANSIENT_ERRORS
 
+INGEST_PATHS = frozenset({"/messages", "/json_dummy", "/json_dummy/"})
+_CHANNEL_PREFIX, _CHANNEL_SUFFIX = "/channels/", "/messages"
+CHANNEL_INGEST_PATH = "/channels/<name>/messages"  # as front.ROUTES and Quart's URL map spell it
 RETRY_AFTER_S = "2"
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 BODY_TIMEOUT_S = 30.0
@@ -78,8 +81,22 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
-async def accept(found: Services, body: bytes, idempotency_key: str | None) -> Answer:
-    """Validate and queue one document (headers already checked); raise Problem on refusal."""
+def ingest_channel(path: str | None) -> str | None:
+    """The channel a write to ``path`` goes to (not yet checked), or None if it is no ingest path:
+    ``/channels/<name>/messages``, or ``default`` for the paths from before channels."""
+    if path in INGEST_PATHS:
+        return DEFAULT_CHANNEL
+    if path is not None and path.startswith(_CHANNEL_PREFIX) and path.endswith(_CHANNEL_SUFFIX):
+        name = path[len(_CHANNEL_PREFIX) : -len(_CHANNEL_SUFFIX)]
+        if name and "/" not in name:  # an encoded "/" arrives decoded: no route (404)
+            return name
+    return None
+
+
+async def accept(
+    found: Services, body: bytes, idempotency_key: str | None, channel: str = DEFAULT_CHANNEL
+) -> Answer:
+    """Validate and queue one document (headers and channel already checked); raise Problem on refusal."""
     try:
         payload = parse_body(body)
     except InvalidBody as exc:
@@ -87,7 +104,7 @@ async def accept(found: Services, body: bytes, idempotency_key: str | None) -> A
     message_id, received_at = new_id(), utc_timestamp()
     try:
         accepted = await found.enqueuer.enqueue(
-            message_id, payload, received_at, idempotency_key=idempotency_key, body=body
+            message_id, payload, received_at, channel=channel, idempotency_key=idempotency_key, body=body
         )
     except bus.Unavailable as exc:
         not_queued = True if exc.outcome_known else await _surely_not_queued(found, message_id)
@@ -110,15 +127,18 @@ async def accept(found: Services, body: bytes, idempotency_key: str | None) -> A
 
 
 async def serve_ingest(found: Services, scope: Scope, receive: Receive, send: Send) -> None:
-    """``POST``/``PUT`` on an ingest path, at the ASGI level (``front.ROUTES`` says which paths)."""
+    """``POST``/``PUT`` on an ingest path, at the ASGI level (``front.ROUTES`` says which paths);
+    the channel comes from the path (``default`` for the paths from before channels)."""
+    channel = ingest_channel(scope.get("path")) or DEFAULT_CHANNEL
     headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
     try:
         check_token(found, headers.get("authorization"))
         key = check_idempotency_key(headers.get("idempotency-key"))
+        channels.check(channel)
         body = await _read_body(receive, headers.get("content-length"), found.settings.max_body_bytes)
         if body is None:
             return  # the client went away
-        answer = await accept(found, body, key)
+        answer = await accept(found, body, key, channel)
     except Problem as problem:
         answer = Answer(
             problem.status,

@@ -7,6 +7,10 @@ strictly increasing ``seq``, none twice and none missed, whichever process it re
 
 The WebSocket writer uses hypercorn's internals (``WSStream``, its ``send``, ``stream_id`` and
 ``closed``, the ``Data`` event, ``send.__self__``): ``contracts.py`` lists them and checks them.
+
+A stream narrowed with ``?channel=`` (repeatable) gets the same from its channels only: the
+replay reads just those channels from the database, and the hub's subscription skips the rest.
+``seq`` is global, so such a stream sees increasing, not consecutive, numbers.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from hypercorn.protocol.ws_stream import WSStream
 from quart import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 
+from . import channels as channel_names
 from .asgi import Receive, Scope, Send
 from .hub import Closed, Delivery, Overflow, deliveries, websocket_frame
 from .problems import Problem, problem_document
@@ -40,8 +45,11 @@ _TOO_SLOW = "too slow; resume with ?after=<last seq>"
 _GOING_AWAY = "server going away; resume with ?after=<last seq>"
 
 
-async def follow(found: Services, after: int | None) -> AsyncGenerator[list[Delivery] | None, None]:
-    """Batches of deliveries for one stream, in ``seq`` order; None when a ping is due.
+async def follow(
+    found: Services, after: int | None, channels: frozenset[str] | None = None
+) -> AsyncGenerator[list[Delivery] | None, None]:
+    """Batches of deliveries for one stream (of ``channels``; None: all), in ``seq`` order;
+    None when a ping is due.
 
     Raises Overflow when the stream's buffer overflows and Closed when the hub stops.
     (Response bodies run outside the request context, so the services come as an argument.)
@@ -49,14 +57,14 @@ async def follow(found: Services, after: int | None) -> AsyncGenerator[list[Deli
     store, hub, interval_s = found.store, found.hub, found.settings.ping_interval_s
     sent = after or 0
     if after is not None:
-        async for batch in _replay(store, sent):
+        async for batch in _replay(store, sent, channels):
             yield batch
             sent = batch[-1].seq
-    async with hub.subscribe() as subscription:
+    async with hub.subscribe(channels) as subscription:
         if after is None:
             sent = subscription.start_seq
         else:
-            async for batch in _replay(store, sent):
+            async for batch in _replay(store, sent, channels):
                 yield batch
                 sent = batch[-1].seq
         next_ping = time.monotonic() + interval_s
@@ -71,9 +79,9 @@ async def follow(found: Services, after: int | None) -> AsyncGenerator[list[Deli
                 next_ping = time.monotonic() + interval_s
 
 
-async def _replay(store: Store, after: int) -> AsyncIterator[list[Delivery]]:
+async def _replay(store: Store, after: int, channels: frozenset[str] | None) -> AsyncIterator[list[Delivery]]:
     while True:
-        page = await store.after(after, _REPLAY_PAGE)
+        page = await store.after(after, _REPLAY_PAGE, channels=channels)
         if page:
             yield deliveries(page)
             after = page[-1].seq
@@ -94,6 +102,13 @@ def _check_origin(headers: Headers, allowed: frozenset[str] | None) -> None:
     elif "*" in allowed or normalized in allowed:
         return
     raise Problem(403, f"Origin {origin!r} may not open streams here (see ALLOWED_ORIGINS).")
+
+
+def _channels(query_string: bytes) -> frozenset[str] | None:
+    """The channels a stream's ``?channel=`` parameters name (None: all), each checked (400)."""
+    # Blank values kept: "?channel=" names an empty channel, which is a 400, not "all".
+    query = parse_qs(query_string.decode("utf-8", "replace"), keep_blank_values=True)
+    return channel_names.check_filter(query.get("channel", []))
 
 
 def _after(raw: str | None, name: str) -> int | None:
@@ -129,12 +144,13 @@ async def serve_websocket(found: Services, scope: Scope, receive: Receive, send:
     try:
         _check_origin(headers, found.settings.allowed_origins)
         after = _after(query.get("after", [None])[0], "after")
+        channels = _channels(scope["query_string"])
     except Problem as problem:
         await _refuse(scope, send, problem)
         return
     await send({"type": "websocket.accept"})
     write = _frame_writer(send)
-    streaming = asyncio.create_task(_stream_frames(found, after, write, send))
+    streaming = asyncio.create_task(_stream_frames(found, after, write, send, channels))
     # The client may go away at any time; then the stream (and its subscription) must end.
     listening = asyncio.create_task(_until_disconnect(receive))
     try:
@@ -150,9 +166,11 @@ async def serve_websocket(found: Services, scope: Scope, receive: Receive, send:
             logger.error("WebSocket stream failed", exc_info=outcome)
 
 
-async def _stream_frames(found: Services, after: int | None, write: FrameWriter, send: Send) -> None:
+async def _stream_frames(
+    found: Services, after: int | None, write: FrameWriter, send: Send, channels: frozenset[str] | None
+) -> None:
     try:
-        async with contextlib.aclosing(follow(found, after)) as stream:
+        async with contextlib.aclosing(follow(found, after, channels)) as stream:
             async for batch in stream:
                 if batch is None:
                     ping = _ping(found)
@@ -246,12 +264,13 @@ async def events() -> Response:
         after = _after(last_event_id, "Last-Event-ID")
     else:
         after = _after(request.args.get("after"), "after")
+    channels = _channels(request.query_string)
     found = services()
 
     async def stream() -> AsyncIterator[bytes]:
         yield b"retry: 1000\n\n"
         try:
-            async with contextlib.aclosing(follow(found, after)) as deliveries_:
+            async with contextlib.aclosing(follow(found, after, channels)) as deliveries_:
                 async for batch in deliveries_:
                     if batch is None:
                         yield b": ping\n\n"

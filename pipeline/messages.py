@@ -22,6 +22,8 @@ _JSON_WHITESPACE = " \t\r\n"
 _RECORD_SEPARATOR = "\x1e"
 # A rendered message starts '{"id":"<36-char uuid>","seq":' so seq sits at a fixed offset.
 _SEQ_OFFSET = len('{"id":"') + 36 + len('","seq":')
+# Where messages go when no channel is named (the routes from before channels existed).
+DEFAULT_CHANNEL = "default"
 
 
 class InvalidBody(ValueError):
@@ -36,6 +38,8 @@ class Message(NamedTuple):
     payload: str
     received_at: str
     persisted_at: str
+    # Last, with a default, so rows and tuples made before channels existed still fit.
+    channel: str = DEFAULT_CHANNEL
 
 
 def parse_body(body: bytes) -> str:
@@ -94,7 +98,8 @@ def utc_timestamp() -> str:
 def render(message: Message) -> str:
     """The JSON text of a stored message, the same for GET, WebSocket and SSE."""
     return (
-        f'{{"id":"{message.id}","seq":{message.seq},"payload":{message.payload},'
+        f'{{"id":"{message.id}","seq":{message.seq},"channel":"{message.channel}",'
+        f'"payload":{message.payload},'
         f'"received_at":"{message.received_at}","persisted_at":"{message.persisted_at}"}}'
     )
 
@@ -102,6 +107,12 @@ def render(message: Message) -> str:
 def seq_of(rendered: str) -> int:
     """The ``seq`` of a rendered message, read without parsing the payload."""
     return int(rendered[_SEQ_OFFSET : rendered.index(",", _SEQ_OFFSET)])
+
+
+def channel_of(rendered: str) -> str:
+    """The ``channel`` of a rendered message (it follows ``seq``; names need no escaping)."""
+    start = rendered.index(",", _SEQ_OFFSET) + len(',"channel":"')
+    return rendered[start : rendered.index('"', start)]
 
 
 def pack(rendered: list[str]) -> str:

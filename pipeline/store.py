@@ -11,6 +11,11 @@ Deliberate choices:
 - Saving is idempotent on the message id (``ON CONFLICT DO NOTHING``), so a job that runs
   twice stores one row, and the second run gets the first run's row back.
 - Times are stored as the ISO 8601 text the API shows, so reads render rows without parsing.
+- ``channel_stats`` (what ``GET /channels`` answers) is kept in the same transaction as every
+  insert, so it is always exactly true and reading it never counts rows. The tables and their
+  migrations are in ``schema.py``.
+- A read narrowed to several channels is one ordered query per channel (each walking the
+  ``(channel, seq)`` index) merged by ``UNION ALL``: never a scan of the other channels' rows.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -27,29 +34,31 @@ import peewee
 from playhouse.db_url import parse as parse_db_url
 from playhouse.pool import PooledPostgresqlDatabase
 
+from . import schema
 from .messages import Message, utc_timestamp
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 # Errors worth retrying: a locked SQLite file, a lost or refused Postgres connection.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (peewee.OperationalError, peewee.InterfaceError)
 
 # Key of the Postgres advisory lock that orders writers (any constant shared by all writers).
-_SEQ_LOCK_KEY = 0x5E9_10C4
-_COLUMNS = "id, seq, payload, received_at, persisted_at"
+_SEQ_LOCK_KEY = schema.WRITE_LOCK_KEY
+# In the order of Message's fields.
+_COLUMNS = "id, seq, payload, received_at, persisted_at, channel"
+# (id, payload, received_at, channel): a message to store.
+Row = tuple[str, str, str, str]
 
 
-class StoredMessage(peewee.Model):
-    """The schema of the message table (queries below are plain SQL on the same columns)."""
+@dataclass(frozen=True)
+class ChannelStats:
+    """One channel's figures, as ``GET /channels`` shows them."""
 
-    seq = peewee.BigAutoField()
-    id = peewee.CharField(max_length=36, unique=True)
-    payload = peewee.TextField()
-    received_at = peewee.CharField(max_length=27)
-    persisted_at = peewee.CharField(max_length=27)
-
-    class Meta:
-        table_name = "message"
+    name: str
+    count: int
+    latest_seq: int
+    latest_at: str
 
 
 def _open(url: str) -> Any:
@@ -111,22 +120,23 @@ class Store:
 
     # Schema ---------------------------------------------------------------------------
     async def create_tables(self) -> None:
-        """Create missing tables and indexes (idempotent; the ``release`` step)."""
-        await self._call(self._create_tables)
+        """Create the tables or migrate them to the current schema (idempotent; ``release``)."""
+        await self._call(schema.prepare, self._db, self._is_postgres)
 
-    def _create_tables(self) -> None:
-        with self._db.bind_ctx([StoredMessage]), self._db.atomic():
-            if self._is_postgres:
-                # Processes starting together must not race to create the same table.
-                self._execute("SELECT pg_advisory_xact_lock(%s)", (_SEQ_LOCK_KEY,))
-            self._db.create_tables([StoredMessage], safe=True)
+    async def epoch(self) -> str:
+        """The database's epoch: an id made once, when its tables were created or migrated."""
+        return await self._call(self._epoch)
+
+    def _epoch(self) -> str:
+        row = self._execute("SELECT value FROM pipeline_meta WHERE key = 'epoch'").fetchone()
+        return str(row[0])
 
     # Writes ---------------------------------------------------------------------------
-    async def save(self, rows: Sequence[tuple[str, str, str]]) -> list[Message]:
-        """Store ``(id, payload, received_at)`` rows in one transaction; return them stored."""
+    async def save(self, rows: Sequence[Row]) -> list[Message]:
+        """Store ``(id, payload, received_at, channel)`` rows in one transaction; return them stored."""
         return await self._call(self._save, rows)
 
-    def _save(self, rows: Sequence[tuple[str, str, str]]) -> list[Message]:
+    def _save(self, rows: Sequence[Row]) -> list[Message]:
         persisted_at = utc_timestamp()
         ids = [row[0] for row in rows]
         atomic = self._db.atomic() if self._is_postgres else self._db.atomic("IMMEDIATE")
@@ -134,41 +144,88 @@ class Store:
             if self._is_postgres:
                 self._execute("SELECT pg_advisory_xact_lock(%s)", (_SEQ_LOCK_KEY,))
             p = self._param
-            values = ", ".join([f"({p}, {p}, {p}, {p})"] * len(rows))
-            self._execute(
-                "INSERT INTO message (id, payload, received_at, persisted_at) "
-                f"VALUES {values} ON CONFLICT (id) DO NOTHING",
+            values = ", ".join([f"({p}, {p}, {p}, {p}, {p})"] * len(rows))
+            inserted = self._execute(
+                "INSERT INTO message (id, payload, received_at, channel, persisted_at) "
+                f"VALUES {values} ON CONFLICT (id) DO NOTHING RETURNING seq, channel, received_at",
                 [value for row in rows for value in (*row, persisted_at)],
-            )
+            ).fetchall()
+            self._count_in_channels(inserted)
             placeholders = ", ".join([p] * len(ids))
             cursor = self._execute(
                 f"SELECT {_COLUMNS} FROM message WHERE id IN ({placeholders}) ORDER BY seq", ids
             )
             return [Message._make(row) for row in cursor.fetchall()]
 
-    # Reads ----------------------------------------------------------------------------
-    async def after(self, seq: int, limit: int, until: int | None = None) -> list[Message]:
-        """Up to ``limit`` messages with ``seq`` greater than ``seq`` (and at most ``until``)."""
-        return await self._call(self._after, seq, limit, until)
-
-    def _after(self, seq: int, limit: int, until: int | None) -> list[Message]:
+    def _count_in_channels(self, inserted: Sequence[tuple[int, str, str]]) -> None:
+        # Inside the insert's transaction, under the writers' lock: these are the newest rows.
+        newest: dict[str, tuple[int, int, str]] = {}
+        for seq, channel, received_at in sorted(inserted):
+            count = newest[channel][0] + 1 if channel in newest else 1
+            newest[channel] = (count, seq, received_at)
+        if not newest:
+            return
         p = self._param
-        if until is None:
-            sql = f"SELECT {_COLUMNS} FROM message WHERE seq > {p} ORDER BY seq LIMIT {p}"
-            params: tuple[int, ...] = (seq, limit)
+        values = ", ".join([f"({p}, {p}, {p}, {p})"] * len(newest))
+        self._execute(
+            f"INSERT INTO channel_stats (name, count, latest_seq, latest_at) VALUES {values} "
+            "ON CONFLICT (name) DO UPDATE SET count = channel_stats.count + excluded.count, "
+            "latest_seq = excluded.latest_seq, latest_at = excluded.latest_at",
+            [value for name, figures in newest.items() for value in (name, *figures)],
+        )
+
+    # Reads ----------------------------------------------------------------------------
+    # ``channels``: only messages of these channels (None: every channel).
+    async def after(
+        self, seq: int, limit: int, until: int | None = None, *, channels: Collection[str] | None = None
+    ) -> list[Message]:
+        """Up to ``limit`` messages with ``seq`` greater than ``seq`` (and at most ``until``)."""
+        return await self._call(self._after, seq, limit, until, channels)
+
+    def _after(
+        self, seq: int, limit: int, until: int | None, channels: Collection[str] | None = None
+    ) -> list[Message]:
+        return self._select(seq, until, "ASC", limit, channels)
+
+    async def tail(
+        self, count: int, *, after: int = 0, until: int | None = None, channels: Collection[str] | None = None
+    ) -> list[Message]:
+        """The ``count`` newest messages with ``after < seq <= until``, oldest first."""
+        return await self._call(self._tail, count, after, until, channels)
+
+    def _tail(
+        self, count: int, after: int = 0, until: int | None = None, channels: Collection[str] | None = None
+    ) -> list[Message]:
+        return list(reversed(self._select(after, until, "DESC", count, channels)))
+
+    def _select(
+        self, after: int, until: int | None, order: str, limit: int, channels: Collection[str] | None
+    ) -> list[Message]:
+        p = self._param
+        where = f"seq > {p}" if until is None else f"seq > {p} AND seq <= {p}"
+        bounds: tuple[int, ...] = (after,) if until is None else (after, until)
+        if not channels or len(channels) == 1:
+            narrow = f"channel = {p} AND " if channels else ""
+            sql = f"SELECT {_COLUMNS} FROM message WHERE {narrow}{where} ORDER BY seq {order} LIMIT {p}"
+            params: list[object] = [*(channels or ()), *bounds, limit]
         else:
-            sql = f"SELECT {_COLUMNS} FROM message WHERE seq > {p} AND seq <= {p} ORDER BY seq LIMIT {p}"
-            params = (seq, until, limit)
+            # One ordered walk of the (channel, seq) index per channel, merged.
+            parts = [
+                f"SELECT * FROM (SELECT {_COLUMNS} FROM message WHERE channel = {p} AND {where} "
+                f"ORDER BY seq {order} LIMIT {p}) AS c{number}"
+                for number in range(len(channels))
+            ]
+            sql = " UNION ALL ".join(parts) + f" ORDER BY seq {order} LIMIT {p}"
+            params = [value for name in sorted(channels) for value in (name, *bounds, limit)] + [limit]
         return [Message._make(row) for row in self._execute(sql, params).fetchall()]
 
-    async def tail(self, count: int) -> list[Message]:
-        """The ``count`` newest messages, oldest first."""
-        return await self._call(self._tail, count)
+    async def channels(self) -> list[ChannelStats]:
+        """Every channel holding messages, by name, with its figures (kept, never counted)."""
+        return await self._call(self._channels)
 
-    def _tail(self, count: int) -> list[Message]:
-        sql = f"SELECT {_COLUMNS} FROM message ORDER BY seq DESC LIMIT {self._param}"
-        rows = self._execute(sql, (count,)).fetchall()
-        return [Message._make(row) for row in reversed(rows)]
+    def _channels(self) -> list[ChannelStats]:
+        sql = "SELECT name, count, latest_seq, latest_at FROM channel_stats WHERE count > 0 ORDER BY name"
+        return [ChannelStats(*row) for row in self._execute(sql).fetchall()]
 
     async def get(self, message_id: str) -> Message | None:
         """One message by id, or None."""
@@ -209,3 +266,21 @@ class Store:
 
     def _execute(self, sql: str, params: Sequence[object] = ()) -> Any:
         return self._db.execute_sql(sql, params)
+
+
+async def prepare_database(store: Store, wait_s: float = 30.0) -> None:
+    """Create or migrate the tables, waiting up to ``wait_s`` for a database that does not
+    answer yet (a platform may start every process at once, the database among them)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    delay_s = 0.2
+    while True:
+        try:
+            await store.create_tables()
+            return
+        except TRANSIENT_ERRORS as exc:
+            if loop.time() > deadline:
+                raise
+            logger.warning("waiting for the database: %s", exc)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 5.0)

@@ -21,9 +21,9 @@ from arq.worker import func
 
 from . import bus, contracts
 from .config import Settings
-from .messages import utc_timestamp
+from .messages import DEFAULT_CHANNEL, utc_timestamp
 from .runner import BatchingWorker
-from .store import TRANSIENT_ERRORS, Store
+from .store import TRANSIENT_ERRORS, Store, prepare_database
 from .writer import Writer
 
 logger = logging.getLogger(__name__)
@@ -37,14 +37,19 @@ HEALTH_CHECK_INTERVAL_S = 5
 _RETRYABLE: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, TimeoutError)
 
 
-async def store_message(ctx: dict[str, Any], message_id: str, payload: str, received_at: str) -> int:
-    """arq job: store one accepted message and announce it; returns its ``seq``."""
+async def store_message(
+    ctx: dict[str, Any], message_id: str, payload: str, received_at: str, channel: str = DEFAULT_CHANNEL
+) -> int:
+    """arq job: store one accepted message and announce it; returns its ``seq``.
+
+    (``channel`` has a default so jobs queued by the version before channels still run.)
+    """
     settings: Settings = ctx["settings"]
     tries: int = ctx["job_try"]
     try:
         async with asyncio.timeout(STORE_TIMEOUT_S):
             writer: Writer = ctx["writer"]
-            message = await writer.save((message_id, payload, received_at))
+            message = await writer.save((message_id, payload, received_at, channel))
     except _RETRYABLE as exc:
         if tries < settings.store_max_tries:
             delay_s = min(settings.store_retry_base_s * 2 ** (tries - 1), 30.0)
@@ -52,16 +57,16 @@ async def store_message(ctx: dict[str, Any], message_id: str, payload: str, rece
                 "store of %s failed (try %d): %s; retrying in %.2fs", message_id, tries, exc, delay_s
             )
             raise Retry(defer=delay_s) from exc
-        await _give_up(ctx, message_id, payload, received_at, exc)
+        await _give_up(ctx, message_id, payload, received_at, channel, exc)
         raise
     except Exception as exc:
-        await _give_up(ctx, message_id, payload, received_at, exc)
+        await _give_up(ctx, message_id, payload, received_at, channel, exc)
         raise
     return message.seq
 
 
 async def _give_up(
-    ctx: dict[str, Any], message_id: str, payload: str, received_at: str, exc: BaseException
+    ctx: dict[str, Any], message_id: str, payload: str, received_at: str, channel: str, exc: BaseException
 ) -> None:
     logger.error("store of %s failed for good after %d tries: %r", message_id, ctx["job_try"], exc)
     await bus.record_failure(
@@ -71,6 +76,7 @@ async def _give_up(
             "id": message_id,
             "payload": payload,
             "received_at": received_at,
+            "channel": channel,
             "failed_at": utc_timestamp(),
             "tries": ctx["job_try"],
             "error": f"{type(exc).__name__}: {exc}",
@@ -81,6 +87,7 @@ async def _give_up(
 async def _startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     store = Store(settings.database_url, threads=1)
+    await prepare_database(store)  # a worker may start first, on a database still to migrate
     writer = Writer(store, ctx["redis"])
     writer.start()
     ctx["store"], ctx["writer"] = store, writer

@@ -15,14 +15,12 @@ from arq.connections import ArqRedis
 
 from . import bus
 from .messages import Message, pack, render
-from .store import Store
+from .store import Row, Store
 from .tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 500
-
-Row = tuple[str, str, str]
 
 
 class Writer:

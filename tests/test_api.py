@@ -40,7 +40,8 @@ def test_put_is_acknowledged_then_stored_with_the_exact_text(client: httpx.Clien
     one = wait_until(lambda: (r := client.get(response.headers["location"])).status_code == 200 and r)
     assert f'"payload":{body},' in one.text  # spliced in as sent: 1.0, 2.50, -0, all digits, key order
     message = one.json()
-    assert set(message) == {"id", "seq", "payload", "received_at", "persisted_at"}
+    assert list(message) == ["id", "seq", "channel", "payload", "received_at", "persisted_at"]
+    assert message["channel"] == "default"
     assert message["id"] == ack["id"] and message["received_at"] == ack["received_at"]
     assert isinstance(message["seq"], int) and message["seq"] >= 1
     assert TIMESTAMP.match(message["persisted_at"]) and message["persisted_at"] >= message["received_at"]

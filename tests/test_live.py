@@ -37,7 +37,7 @@ def test_websocket_receives_what_is_stored_after_it_opened(client: httpx.Client)
         received = ws_messages(ws, 3)
     assert [m["payload"] for m in received] == [{"n": 0}, {"n": 1}, {"n": 2}]
     assert [m["id"] for m in received] == [a["id"] for a in acks]
-    assert set(received[0]) == {"id", "seq", "payload", "received_at", "persisted_at"}
+    assert list(received[0]) == ["id", "seq", "channel", "payload", "received_at", "persisted_at"]
     assert received == [m for m in client.get("/messages").json() if m["payload"] != "before"]
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline.messages import InvalidBody, Message, pack, parse_body, render, seq_of, unpack
+from pipeline.messages import InvalidBody, Message, channel_of, pack, parse_body, render, seq_of, unpack
 
 MESSAGE = Message(
     "0b8f2c9e-5d3a-4c1b-9e7f-1a2b3c4d5e6f",
@@ -39,12 +39,16 @@ def test_render_is_json_with_the_payload_spliced_in() -> None:
     assert json.loads(text) == {
         "id": MESSAGE.id,
         "seq": 17,
+        "channel": "default",
         "payload": {"a": 1.0},
         "received_at": MESSAGE.received_at,
         "persisted_at": MESSAGE.persisted_at,
     }
     assert '"payload":{"a": 1.0},' in text
     assert seq_of(text) == 17
+    assert list(json.loads(text)) == ["id", "seq", "channel", "payload", "received_at", "persisted_at"]
+    assert channel_of(text) == "default"
+    assert channel_of(render(MESSAGE._replace(channel="Orders-2.x_y"))) == "Orders-2.x_y"
 
 
 def test_pack_and_unpack_round_trip_texts_with_line_breaks() -> None:

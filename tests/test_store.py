@@ -17,8 +17,8 @@ def run(coroutine):  # type: ignore[no-untyped-def]
     return asyncio.run(coroutine)
 
 
-def rows(count: int) -> list[tuple[str, str, str]]:
-    return [(new_id(), f'{{"n": {n}}}', "2026-11-27T20:39:01.123456Z") for n in range(count)]
+def rows(count: int, channel: str = "default") -> list[tuple[str, str, str, str]]:
+    return [(new_id(), f'{{"n": {n}}}', "2026-11-27T20:39:01.123456Z", channel) for n in range(count)]
 
 
 def test_save_assigns_increasing_seqs_and_is_idempotent(database_url: str) -> None:
