@@ -65,6 +65,9 @@ LAST_ENQUEUED_KEY = "pipeline:enqueued-us"
 # the queue's depth in documents is ZCARD + this.
 BATCHED_KEY = "pipeline:batched"
 BATCHED_EXTRA_KEY = "pipeline:batched-extra"
+# A batch is refused (503) while the oldest queued job has waited longer than this: storage is
+# behind, and accepting more would only grow the queue and every document's wait (SPEC §12).
+MAX_QUEUE_AGE_MS = 100
 IDEMPOTENCY_TTL_S = 24 * 3600
 # arq expires a job that has not started within its TTL; an accepted message must wait for a
 # worker however long it takes, so the TTL is a year rather than arq's default day.
@@ -104,7 +107,8 @@ return {'queued'}
 
 # The same for a batch (one job holding every document), spelt apart so each line of the script
 # above stays unique. KEYS: job, queue, last enqueued, batched hash, batched counter, [idempotency].
-# ARGV: deadline, job id, job, job TTL, idempotency record, its TTL, wake channel, ids...
+# ARGV: deadline, job id, job, job TTL, idempotency record, its TTL, wake channel, the queue age
+# past which it refuses (ms), ids...
 _ENQUEUE_BATCH_SCRIPT = """
 local clock = redis.call('TIME')
 local at_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
@@ -114,8 +118,12 @@ end
 if KEYS[6] then
   local first = redis.call('GET', KEYS[6])
   if first then return {'existing', first} end
-  redis.call('SET', KEYS[6], ARGV[5], 'EX', ARGV[6])
 end
+local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if oldest[2] and at_us / 1000 - tonumber(oldest[2]) > tonumber(ARGV[8]) then
+  return {'busy'}
+end
+if KEYS[6] then redis.call('SET', KEYS[6], ARGV[5], 'EX', ARGV[6]) end
 local previous_us = tonumber(redis.call('GET', KEYS[3]) or '0')
 if at_us <= previous_us then at_us = previous_us + 1 end
 redis.call('SET', KEYS[3], at_us)
@@ -123,7 +131,7 @@ local due = at_us - 1000
 redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[3])
 redis.call('ZADD', KEYS[2], string.format('%d.%03d', math.floor(due / 1000), due % 1000), ARGV[2])
 local fields = {}
-for i = 8, #ARGV do
+for i = 9, #ARGV do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[2]
   if #fields >= 1000 then
@@ -132,7 +140,7 @@ for i = 8, #ARGV do
   end
 end
 if #fields > 0 then redis.call('HSET', KEYS[4], unpack(fields)) end
-redis.call('INCRBY', KEYS[5], #ARGV - 8)
+redis.call('INCRBY', KEYS[5], #ARGV - 9)
 redis.call('PUBLISH', ARGV[7], '')
 return {'queued'}
 """
@@ -200,6 +208,11 @@ class Unavailable(Exception):
     def __init__(self, reason: str, *, outcome_known: bool = True) -> None:
         super().__init__(reason)
         self.outcome_known = outcome_known
+
+
+class QueueBehind(Exception):
+    """The queue's oldest job has waited longer than :data:`MAX_QUEUE_AGE_MS`: storage is not
+    keeping up, and a batch accepted now would wait too (nothing was queued)."""
 
 
 class IdempotencyConflict(Exception):
@@ -287,8 +300,8 @@ class Enqueuer:
         idempotency_key: str | None = None,
         body: bytes = b"",
     ) -> AcceptedBatch:
-        """Queue one store job for a whole batch (one round trip), or raise Unavailable /
-        IdempotencyConflict. A replay of the key answers the first batch's ids."""
+        """Queue one store job for a whole batch (one round trip), or raise Unavailable,
+        QueueBehind or IdempotencyConflict. A replay of the key answers the first batch's ids."""
         digest = ""
         if idempotency_key is not None:
             # A batch is another request than the same bytes sent as one document (422).
@@ -303,6 +316,8 @@ class Enqueuer:
             raise Unavailable(
                 "Redis answered after the deadline; nothing was queued", outcome_known=not maybe_sent
             )
+        if status == "busy":
+            raise QueueBehind()
         if status == "existing":
             previous = reply[1].decode().split(" ")
             if previous[0] == batch_id:  # our own earlier attempt got through
@@ -390,6 +405,7 @@ class Enqueuer:
             f"{batch_id} {received_at} {digest} {','.join(message_ids)}",
             IDEMPOTENCY_TTL_S,
             WAKE_CHANNEL,
+            MAX_QUEUE_AGE_MS,
             *message_ids,
         ]
         reply: list[bytes] = await self._batch_script(keys=keys, args=args)

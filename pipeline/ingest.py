@@ -160,6 +160,14 @@ async def accept_batch(
                 extensions={"outcome": "unknown"},
             ) from None
         accepted = bus.AcceptedBatch(message_ids, received_at)
+    except bus.QueueBehind:
+        raise Problem(
+            503,
+            f"Storage is behind (the oldest queued message has waited over {bus.MAX_QUEUE_AGE_MS} ms); "
+            "nothing was queued. Try again shortly.",
+            headers={"Retry-After": "1"},
+            extensions={"reason": "queue-behind"},
+        ) from None
     except bus.IdempotencyConflict as exc:
         raise Problem(422, f"This Idempotency-Key was used for request {exc} with another body.") from None
     document = {"ids": accepted.ids, "status": "queued", "received_at": accepted.received_at}

@@ -38,6 +38,17 @@ def post_batch(
     return client.post(path, content=body, headers={**NDJSON, **headers})
 
 
+def post_until_accepted(client: httpx.Client, lines: list[str]) -> httpx.Response:
+    """POST a batch as a well-behaved sender does: pushed back (503, storage behind), try again."""
+    deadline = time.monotonic() + 30
+    while True:
+        response = post_batch(client, lines)
+        if response.status_code != 503 or time.monotonic() > deadline:
+            return response
+        assert response.json()["reason"] == "queue-behind", response.text
+        time.sleep(0.1)
+
+
 def batch_of(count: int, tag: str, size: int = 0) -> list[str]:
     pad = "x" * size
     return [json.dumps({"tag": tag, "n": n, "pad": pad}, separators=(",", ":")) for n in range(count)]
@@ -188,9 +199,19 @@ def test_get_by_id_says_queued_for_each_until_stored(pipeline: Pipeline) -> None
         for message_id in ids:
             answer = client.get(f"/messages/{message_id}")
             assert answer.status_code == 202 and answer.json() == {"id": message_id, "status": "queued"}
+        # Storage is behind (no worker: the batch has waited past 100 ms): another batch is
+        # pushed back and queues nothing, rather than growing the queue.
+        time.sleep(0.3)
+        behind = post_batch(client, batch_of(20, "behind"))
+        assert_problem(behind, 503)
+        assert behind.json()["reason"] == "queue-behind" and behind.headers["Retry-After"] == "1"
         pipeline.start_worker()
         wait_until(lambda: all(client.get(f"/messages/{i}").status_code == 200 for i in ids), timeout_s=20)
         assert_stored_in_line_order(stored(client), ids, lines)
+        assert len(stored(client)) == 20
+        # Caught up: batches are accepted again.
+        assert post_until_accepted(client, batch_of(5, "again")).status_code == 202
+        wait_stored(client, 25)
     # Once committed, the batch's ids no longer count as queued documents.
     r = redis.Redis.from_url(pipeline.redis_url)
     try:
@@ -212,7 +233,7 @@ def test_concurrent_batches_each_stored_whole_and_in_line_order(
         with httpx.Client(base_url=str(client.base_url), timeout=10) as own:
             for round_ in range(10):
                 lines = batch_of(100, f"{name}-{round_}")
-                response = post_batch(own, lines)
+                response = post_until_accepted(own, lines)
                 with lock:
                     if response.status_code == 202:
                         sent.append((response.json()["ids"], lines))
@@ -244,6 +265,10 @@ def test_worker_killed_mid_batch_stores_every_document_once(
         ids = post_batch(client, lines).json()["ids"]
         # Claimed and waiting on the write lock: provably mid-job when the worker dies.
         (claimed,) = wait_until(lambda: in_progress(pipeline.redis_url), timeout_s=10, interval_s=0.01)
+        # Let it run into the lock (well within SQLite's 3 s busy timeout): past whatever a job
+        # does before its transaction, and nothing committed.
+        time.sleep(1.0)
+        assert in_progress(pipeline.redis_url) == {claimed}
         pipeline.stop_workers(sig=signal.SIGKILL)
     finally:
         lock.release()
@@ -289,7 +314,8 @@ def test_live_streams_get_each_batch_once_in_order_and_a_reading_client_is_not_c
 ) -> None:
     _, client = service
     url = str(client.base_url)
-    followers = [Follower(url, transport="ws"), Follower(url, transport="ws"), Follower(url, transport="sse")]
+    # From seq 0 (nothing stored yet), so a reconnect resumes rather than starts at "now".
+    followers = [Follower(url, transport=transport, after=0) for transport in ("ws", "ws", "sse")]
     for follower in followers:
         follower.start()
         assert follower.connected.wait(10)
@@ -302,7 +328,7 @@ def test_live_streams_get_each_batch_once_in_order_and_a_reading_client_is_not_c
 
     def send(lines: list[str]) -> None:
         with httpx.Client(base_url=url, timeout=30) as own:
-            results.append(post_batch(own, lines))
+            results.append(post_until_accepted(own, lines))
 
     senders = [threading.Thread(target=send, args=(lines,)) for lines in (lines_a, lines_b)]
     for thread in senders:
@@ -319,7 +345,7 @@ def test_live_streams_get_each_batch_once_in_order_and_a_reading_client_is_not_c
                 f"closed {follower.close_codes}, {follower.violations[:3]} {[r.status_code for r in results]}"
             ) from None
     # Then smaller batches, one after another.
-    small = [post_batch(client, batch_of(100, f"small-{i}")) for i in range(5)]
+    small = [post_until_accepted(client, batch_of(100, f"small-{i}")) for i in range(5)]
     assert all(response.status_code == 202 for response in [*results, *small])
     expected = [i for response in [*results, *small] for i in response.json()["ids"]]
     rows = wait_stored(client, len(expected), timeout_s=30)

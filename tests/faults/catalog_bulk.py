@@ -107,4 +107,13 @@ FAULTS: list[Fault] = [
         guarantee="A live client that keeps reading is never closed as slow because a full batch "
         "arrived at once (its bound holds two full batches).",
     ),
+    Fault(
+        name="bulk-never-pushes-back",
+        path="pipeline/bus.py",
+        find="if oldest[2] and at_us / 1000 - tonumber(oldest[2]) > tonumber(ARGV[8]) then",
+        replace="if false then",
+        tests=(_T + "test_get_by_id_says_queued_for_each_until_stored",),
+        guarantee="When storage is behind (the oldest queued job waited past 100 ms), a batch is "
+        "503 + Retry-After and queues nothing, rather than growing the queue.",
+    ),
 ]
