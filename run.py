@@ -26,6 +26,8 @@ from typing import IO
 
 from pipeline.children import spawn, stop
 from pipeline.config import ConfigError, Settings, child_environ, load_settings
+from pipeline.files import narrow_data, owner_only, private_dir
+from pipeline.listen import PortUnavailable, adopt, listen
 from pipeline.local_redis import LocalRedis, RedisNotFound
 
 HERE = Path(__file__).resolve().parent
@@ -38,6 +40,7 @@ log = logging.getLogger("run")
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    owner_only()  # data files readable by their owner only (SPEC §8), also in every child
     _configure_logging()
     try:
         settings = load_settings()
@@ -59,10 +62,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if settings.database_url:
+        narrow_data(settings.data_dir, settings.database_url)
     if args.command == "web":
         from pipeline import web
 
-        web.run(settings, share_port=args.share_port)
+        # The port first: busy, the web process stops here, before anything else starts.
+        try:
+            listener = adopt(args.fd) if args.fd is not None else listen(settings.host, settings.port)[0]
+        except PortUnavailable as exc:
+            print(f"run.py web: {exc}", file=sys.stderr)
+            return 1
+        web.run(settings, listener)
         return 0
     if args.command == "worker":
         from pipeline import worker
@@ -81,11 +92,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", help="address the web process listens on (default $HOST or 127.0.0.1)")
     parser.add_argument("--port", type=_port, help="port the web process listens on (default $PORT or 3579)")
-    parser.add_argument(
-        "--share-port",
-        action="store_true",
-        help="web: share the port with other web processes (what run.py does for WEB_CONCURRENCY > 1)",
-    )
+    parser.add_argument("--fd", type=int, help="web: serve on this inherited listening socket (run.py's use)")
     return parser.parse_args(argv)
 
 
@@ -151,16 +158,27 @@ def retry_failed(settings: Settings) -> int:
 
 def run_all(settings: Settings) -> int:
     """Run Redis (unless REDIS_URL is set), the worker and the web process until Ctrl-C."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     lock = _lock_data_dir(settings.data_dir)
     if lock is None:
         print(f"run.py: another run.py is already using {settings.data_dir.resolve()}", file=sys.stderr)
         return 1
+    # The port before anything starts: busy, run.py stops here with one line (SPEC §6).
+    try:
+        listeners = listen(settings.host, settings.port, settings.web_concurrency)
+    except PortUnavailable as exc:
+        lock.close()
+        print(f"run.py: {exc}", file=sys.stderr)
+        return 1
     stopping = False
 
     def request_stop(signum: int, _frame: object) -> None:
+        # Unwind at once from wherever run.py is (starting Redis, waiting for the web
+        # process...) into the `finally` that stops what was started.
         nonlocal stopping
-        stopping = True
+        if not stopping:
+            stopping = True
+            raise _Stop
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
@@ -170,19 +188,19 @@ def run_all(settings: Settings) -> int:
     try:
         if not settings.redis_url:
             local_redis = LocalRedis(settings.data_dir)
-            settings = settings.with_overrides(redis_url=local_redis.start())
+            settings = settings.with_overrides(redis_url=local_redis.start().url)
             log.info("private Redis at %s (data in %s)", settings.redis_url, local_redis.data_dir)
         if release(settings) != 0:
             return 1
         env = child_environ(settings)
-        web = [sys.executable, str(HERE / "run.py"), "web"]
-        if settings.web_concurrency > 1:
-            web.append("--share-port")
-        children = {f"web.{number}": _Child(web, env) for number in range(1, settings.web_concurrency + 1)}
-        children["worker"] = _Child([sys.executable, str(HERE / "run.py"), "worker"], env)
+        run_py = [sys.executable, str(HERE / "run.py")]
+        for number, sock in enumerate(listeners, 1):
+            fd = sock.fileno()
+            children[f"web.{number}"] = _Child([*run_py, "web", "--fd", str(fd)], env, fd)
+        children["worker"] = _Child([*run_py, "worker"], env)
         for child in children.values():
             child.start()
-        if not _wait_for_port(settings, children["web.1"], lambda: stopping):
+        if not _wait_until_serving(settings, [children[f"web.{n}"] for n in range(1, len(listeners) + 1)]):
             return 1
         url = f"http://{_display_host(settings.host)}:{settings.port}/"
         print(f"Pipeline running at {url}  (Ctrl-C to stop)", flush=True)
@@ -193,10 +211,13 @@ def run_all(settings: Settings) -> int:
                     log.error("%s keeps exiting at start; stopping", name)
                     return 1
         return 0
+    except _Stop:
+        return 0
     except RedisNotFound as exc:
         print(f"run.py: {exc}", file=sys.stderr)
         return 1
     finally:
+        stopping = True  # a signal from now on must not cut the stopping short
         log.info("stopping")
         # Web first (stop taking messages), then the worker (finish what is queued), Redis last.
         for child in children.values():
@@ -205,20 +226,27 @@ def run_all(settings: Settings) -> int:
             child.wait(_STOP_TIMEOUT_S)
         if local_redis is not None:
             local_redis.stop(timeout_s=1.0)
+        for sock in listeners:
+            sock.close()
         lock.close()
         log.info("stopped")
+
+
+class _Stop(BaseException):  # noqa: N818 - like KeyboardInterrupt: no `except Exception` swallows it
+    """SIGINT or SIGTERM reached run.py."""
 
 
 class _Child:
     """A child process that run.py restarts if it dies, unless it dies right at start."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], fd: int | None = None) -> None:
         self.args, self.env = args, env
+        self.pass_fds = () if fd is None else (fd,)
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
 
     def start(self) -> None:
-        self.process = spawn(self.args, env=self.env)
+        self.process = spawn(self.args, env=self.env, pass_fds=self.pass_fds)
         self.started_at = time.monotonic()
 
     def exited(self) -> bool:
@@ -228,7 +256,7 @@ class _Child:
         assert self.process is not None
         if time.monotonic() - self.started_at < _QUICK_EXIT_S:
             return False
-        log.warning("%s exited with %s; restarting", " ".join(self.args[-1:]), self.process.returncode)
+        log.warning("%s exited with %s; restarting", " ".join(self.args[2:]), self.process.returncode)
         self.start()
         return True
 
@@ -251,23 +279,36 @@ def _lock_data_dir(data_dir: Path) -> IO[str] | None:
     return handle
 
 
-def _wait_for_port(settings: Settings, web: _Child, stopping: object) -> bool:
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host.strip("[]")
+def _wait_until_serving(settings: Settings, webs: list[_Child]) -> bool:
+    """Wait until the port answers HTTP. run.py listens already, so a connection is accepted at
+    once; the answer comes when a web process serves."""
+    host = _display_host(settings.host).strip("[]")
     deadline = time.monotonic() + _READY_TIMEOUT_S
-    while time.monotonic() < deadline and not stopping():  # type: ignore[operator]
-        if web.exited():
-            log.error("the web process exited at start (is port %s free?)", settings.port)
-            return False
+    while time.monotonic() < deadline:
         try:
-            with socket.create_connection((host, settings.port), timeout=0.5):
-                return True
+            with socket.create_connection((host, settings.port), timeout=1.0) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                while time.monotonic() < deadline:
+                    if any(web.exited() for web in webs):
+                        log.error("the web process exited at start")
+                        return False
+                    try:
+                        return sock.recv(5) == b"HTTP/"
+                    except TimeoutError:
+                        continue
         except OSError:
             time.sleep(0.05)
+    log.error("the web process did not answer within %.0fs", _READY_TIMEOUT_S)
     return False
 
 
 def _display_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+    """Where a browser on this machine reaches ``host`` (a wildcard: over loopback)."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host.strip("[]") == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _redacted(url: str) -> str:

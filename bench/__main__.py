@@ -160,6 +160,23 @@ def build_table(results: dict[str, Any], cfg: Config) -> Table:
             ok=all(r["ok"] for r in ours),
         )
         table.add("   ingest accepted (202), run.py", [r["accepted_per_s"] for r in ours], "/s")
+        bare_runs = ing.get("no-metrics", [])
+        if bare_runs:
+            table.add(
+                "   same with METRICS=0 (no counting): stored", [r["stored_per_s"] for r in bare_runs], "/s"
+            )
+            table.add(
+                "   same with METRICS=0: accepted (202)", [r["accepted_per_s"] for r in bare_runs], "/s"
+            )
+            table.add(
+                "   metrics cost: stored/s lost to counting (run by run)",
+                [
+                    100 * (1 - a["stored_per_s"] / b["stored_per_s"])
+                    for a, b in zip(ours, bare_runs, strict=False)
+                ],
+                "%",
+                "<= a few",
+            )
         for proc in ("web", "worker", "redis"):
             table.add(
                 f"   CPU per message, run.py: {proc}", [r["cpu_us_per_message"][proc] for r in ours], "us"
@@ -499,13 +516,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run {run + 1}/{cfg.runs}")
             if "ingest" in only:
                 ing = results.setdefault(
-                    "ingest", {"bare": [], "enqueue": [], "run.py": [], "procfile": [], "split": []}
+                    "ingest",
+                    {"bare": [], "enqueue": [], "run.py": [], "no-metrics": [], "procfile": [], "split": []},
                 )
                 # Interleaved, so the ratios compare variants measured moments apart.
                 for name, fn, arg in (
                     ("bare", scenarios.ingest_ceiling, "bare"),
                     ("enqueue", scenarios.ingest_ceiling, "enqueue"),
                     ("run.py", scenarios.ingest_pipeline, "run.py"),
+                    ("no-metrics", scenarios.ingest_without_metrics, "run.py"),
                     ("procfile", scenarios.ingest_pipeline, "procfile"),
                     ("split", None, None),
                 ):

@@ -7,7 +7,6 @@ killed with SIGKILL leaves nothing behind. Nothing is ever stopped by name.
 
 from __future__ import annotations
 
-import ctypes
 import http.client
 import json
 import os
@@ -19,18 +18,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from pipeline.local_redis import answers_ping, find_redis_server
+from pipeline import children
+from pipeline.children import wait_until
+from pipeline.listen import free_port
+from pipeline.local_redis import LocalRedis, find_redis_server
+
+__all__ = ["free_port", "wait_until"]  # the benchmark imports them from here
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_PY = str(ROOT / "run.py")
 PYTHON = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-_PR_SET_PDEATHSIG = 1
 _started: list[subprocess.Popen[bytes]] = []
 _temp_dirs: list[Path] = []
 
@@ -43,11 +45,6 @@ def raise_nofile_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def spawn(
     args: list[str],
     *,
@@ -57,40 +54,21 @@ def spawn(
     stdout: int | IO[Any] | None = None,
     cwd: Path = ROOT,
 ) -> subprocess.Popen[bytes]:
-    """Start a process in its own session, registered for stop_all()."""
-    out: Any = stdout
-    err: Any = None
-    if log is not None:
-        handle = open(log, "ab")  # noqa: SIM115 - the child holds it; closed with the process
-        out = handle if stdout is None else stdout
-        err = handle
-    process = subprocess.Popen(
-        args,
-        env=env,
-        cwd=cwd,
-        stdin=stdin,
-        stdout=out,
-        stderr=err,
-        start_new_session=True,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509
-    )
-    if log is not None:
-        handle.close()
+    """Start a process (pipeline.children.spawn: its own session, dies with us), registered
+    for stop_all(); ``log`` takes its output."""
+    if log is None:
+        process = children.spawn(args, env=env, cwd=cwd, stdin=stdin, stdout=stdout)
+    else:
+        with open(log, "ab") as handle:  # the child holds its own copy
+            out = handle if stdout is None else stdout
+            process = children.spawn(args, env=env, cwd=cwd, stdin=stdin, stdout=out, stderr=handle)
     _started.append(process)
     return process
 
 
 def stop(process: subprocess.Popen[bytes], timeout_s: float = 8.0) -> int | None:
     """SIGTERM by PID, SIGKILL after ``timeout_s``."""
-    if process.poll() is None:
-        with _suppress_lookup():
-            os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            with _suppress_lookup():
-                os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+    children.stop(process, timeout_s)
     if process in _started:
         _started.remove(process)
     return process.returncode
@@ -131,26 +109,6 @@ def remove_temp_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
     if path in _temp_dirs:
         _temp_dirs.remove(path)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_until(
-    condition: Callable[[], Any], timeout_s: float, interval_s: float = 0.05, what: str = ""
-) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what or condition}")
-        time.sleep(interval_s)
 
 
 # /proc ---------------------------------------------------------------------------------
@@ -303,40 +261,6 @@ def redis_version() -> str:
     return out.stdout.strip()
 
 
-class RedisServer:
-    """A private redis-server on a free loopback TCP port (as a Procfile deployment reaches a
-    Redis over the network), configured like run.py's own (append-only, fsync every second).
-    For run.py's own Unix-socket Redis, use ``pipeline.local_redis.LocalRedis``."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.url = ""
-
-    def start(self) -> RedisServer:
-        args = [
-            find_redis_server(),
-            "--dir", str(self.directory),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--logfile", str(self.directory / "redis.log"),
-            "--daemonize", "no",
-        ]  # fmt: skip
-        self.port = free_port()
-        args += ["--port", str(self.port), "--bind", "127.0.0.1"]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = spawn(args, stdout=subprocess.DEVNULL)
-        wait_until(lambda: answers_ping(("127.0.0.1", self.port)), 20, what="redis-server")
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop(self.process)
-            self.process = None
-
-
 def redis_command_stats(address: Any) -> dict[str, int]:
     """Calls per command since Redis started (INFO commandstats), by command name."""
     family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
@@ -379,9 +303,17 @@ class System:
     ``python run.py release``, ``python run.py worker``, ``python run.py web --port P``.
     """
 
-    def __init__(self, mode: str = "run.py", data_dir: Path | None = None, *, name: str = "system") -> None:
+    def __init__(
+        self,
+        mode: str = "run.py",
+        data_dir: Path | None = None,
+        *,
+        name: str = "system",
+        env: dict[str, str] | None = None,
+    ) -> None:
         assert mode in ("run.py", "procfile")
         self.mode = mode
+        self.extra_env = env or {}
         self.owns_dir = data_dir is None
         self.data_dir = data_dir or temp_dir(name)
         self.port = free_port()
@@ -389,7 +321,7 @@ class System:
         self.commands: dict[str, str] = {}
         self._runpy: subprocess.Popen[bytes] | None = None
         self._procs: list[subprocess.Popen[bytes]] = []
-        self._redis: RedisServer | None = None
+        self._redis: LocalRedis | None = None
         self.log = self.data_dir / "bench-system.log"
 
     @property
@@ -419,13 +351,13 @@ class System:
             raise
 
     def _start(self, timeout_s: float) -> System:
-        env = base_env(self.data_dir)
+        env = {**base_env(self.data_dir), **self.extra_env}
         if self.mode == "run.py":
             self._runpy = spawn([PYTHON, RUN_PY, "--port", str(self.port)], env=env, log=self.log)
             self.pids["run.py"] = self._runpy.pid
-            wait_until(
-                lambda: self._runpy.poll() is not None or _port_open(self.port), timeout_s, what="run.py"
-            )
+            runpy = self._runpy
+            # run.py listens before it starts anything: wait for an answer, not an open port.
+            wait_until(lambda: runpy.poll() is not None or healthy(self.port), timeout_s, what="run.py")
             self._check_alive()
             children = children_of(self._runpy.pid)
             for pid, cmd in children.items():
@@ -437,7 +369,7 @@ class System:
                     self.pids["web"] = pid
                 self.commands[str(pid)] = cmd
         else:
-            self._redis = RedisServer(self.data_dir).start()
+            self._redis = LocalRedis(self.data_dir, tcp=True).start()
             assert self._redis.process is not None
             self.pids["redis"] = self._redis.process.pid
             env["REDIS_URL"] = self._redis.url

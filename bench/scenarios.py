@@ -154,12 +154,15 @@ def ingest_ceiling(kind: str, cfg: Config) -> dict[str, Any]:
 Hook = Callable[[dict[str, int]], Callable[[], None]]
 
 
-def ingest_pipeline(mode: str, cfg: Config, hook: Hook | None = None) -> dict[str, Any]:
+def ingest_pipeline(
+    mode: str, cfg: Config, hook: Hook | None = None, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """wrk PUTs for cfg.wrk_duration_s, then wait until every accepted message is stored.
 
     ``hook(pids)`` (the profiler) is called as the load starts; what it returns, as it ends.
+    ``env``: extra settings for the system (``METRICS=0`` measures what metrics cost).
     """
-    system = System(mode, name="ingest").start()
+    system = System(mode, name="ingest", env=env).start()
     try:
         _warm_up(system.port, 50, "ingest")
         db = _open_ro(system.db_path)
@@ -241,6 +244,11 @@ def ingest_pipeline(mode: str, cfg: Config, hook: Hook | None = None) -> dict[st
         "redis_commands_per_message": _per_message(commands_before, commands_after, accepted),
         "ok": lost == 0 and duplicate_rows == 0 and beyond <= unanswered and t_done is not None,
     }
+
+
+def ingest_without_metrics(mode: str, cfg: Config) -> dict[str, Any]:
+    """``ingest_pipeline`` with ``METRICS=0``: the same run without counting anything."""
+    return ingest_pipeline(mode, cfg, env={"METRICS": "0"})
 
 
 def ingest_split(cfg: Config, hook: Hook | None = None, worker_hook: Hook | None = None) -> dict[str, Any]:

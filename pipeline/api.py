@@ -13,9 +13,10 @@ from typing import TypeVar
 import orjson
 from quart import Blueprint, Response, render_template, request
 
-from . import bus, channels, live
+from . import bus, channels, export, live, metrics
 from .ingest import unavailable
 from .messages import canonical_id, render
+from .ops import retention
 from .problems import Problem
 from .services import services
 from .store import TRANSIENT_ERRORS
@@ -69,7 +70,7 @@ async def _list(narrow: frozenset[str] | None) -> Response:
     limit = _int_arg("limit", low=0)
     tail = _int_arg("tail", low=0)
     # ?before=<seq>: only messages below it; with limit (or tail), the ones just below it.
-    before = _int_arg("before", low=1)
+    before = _int_arg("before", low=0)
     below = None if before is None else before - 1
     if tail is None and before is not None and limit is not None:
         tail = limit
@@ -86,22 +87,24 @@ async def _list(narrow: frozenset[str] | None) -> Response:
             until = until if below is None else min(until, below)
             first = await store.after(after, _page_size(limit), until, channels=narrow)
     except TRANSIENT_ERRORS:
-        raise unavailable("The database") from None
+        raise unavailable("The database", "database-unavailable") from None
+
+    framing = export.framing(request.headers.get("Accept"))
 
     async def pages() -> AsyncIterator[bytes]:
         page, sent = first, 0
-        yield b"["
+        yield framing.start
         while page:
-            chunk = ",".join(render(message) for message in page)
-            yield (chunk if sent == 0 else "," + chunk).encode()
+            chunk = framing.join(render(message) for message in page)
+            yield (chunk if sent == 0 else framing.between + chunk).encode()
             sent += len(page)
             if len(page) < _PAGE_ROWS or (limit is not None and sent >= limit):
                 break
             remaining = None if limit is None else limit - sent
             page = await store.after(page[-1].seq, _page_size(remaining), until, channels=narrow)
-        yield b"]"
+        yield framing.end
 
-    response = Response(pages(), content_type="application/json")
+    response = Response(pages(), content_type=framing.content_type, headers={"Vary": "Accept"})
     response.timeout = None
     return response
 
@@ -127,7 +130,7 @@ async def get_message(message_id: str) -> Response:
     try:
         message = await found.store.get(canonical)
     except TRANSIENT_ERRORS:
-        raise unavailable("The database") from None
+        raise unavailable("The database", "database-unavailable") from None
     if message is not None:
         return Response(render(message), content_type="application/json")
     if queued:
@@ -152,10 +155,11 @@ async def healthz() -> Response:
 
     async def redis_check() -> dict[str, object]:
         await found.redis.ping()
-        worker_alive, queued, failed = await asyncio.gather(
-            bus.worker_alive(found.redis), found.redis.zcard(bus.QUEUE_NAME), bus.failure_count(found.redis)
+        worker_alive, (queued, oldest_age_s), failed = await asyncio.gather(
+            bus.worker_alive(found.redis), metrics.queue_state(found.redis), bus.failure_count(found.redis)
         )
-        return {"worker": worker_alive, "queued": queued, "failed": failed}
+        age = None if oldest_age_s is None else round(oldest_age_s, 3)
+        return {"worker": worker_alive, "queued": queued, "failed": failed, "oldest_age_s": age}
 
     async def database_check() -> int:
         return await found.store.latest_seq()
@@ -190,7 +194,8 @@ async def healthz() -> Response:
         },
     }
     if redis_ok:
-        report["queue"] = {"queued": redis_result["queued"], "failed": redis_result["failed"]}  # type: ignore[index]
+        report["queue"] = {key: redis_result[key] for key in ("queued", "failed", "oldest_age_s")}  # type: ignore[index]
+    report["retention"] = retention(found.settings)
     return _json(report, 503 if status == "unavailable" else 200)
 
 

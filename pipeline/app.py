@@ -9,7 +9,7 @@ from pathlib import Path
 from quart import Quart, Response, current_app
 from werkzeug.exceptions import HTTPException
 
-from . import api, bus, live
+from . import api, bus, live, ops
 from .config import Settings
 from .hub import Hub, buffer_bytes
 from .problems import Problem, problem_response
@@ -33,6 +33,7 @@ def create_app(settings: Settings) -> Quart:
     )
     app.register_blueprint(api.blueprint)
     app.register_blueprint(live.blueprint)
+    ops.register(app, settings)  # /metrics, /openapi.json, /problems/<kind>
     _register_error_handlers(app)
 
     @app.while_serving
@@ -70,7 +71,7 @@ def close_streams(app: Quart) -> None:
 def _register_error_handlers(app: Quart) -> None:
     @app.errorhandler(Problem)
     async def on_problem(error: Problem) -> Response:
-        return problem_response(error.status, error.detail, error.headers, error.extensions)
+        return problem_response(error.status, error.detail, error.headers, error.extensions, error.kind)
 
     @app.errorhandler(HTTPException)
     async def on_http_exception(error: HTTPException) -> Response:

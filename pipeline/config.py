@@ -42,6 +42,13 @@ class Settings:
     worker_max_jobs: int = 200
     store_max_tries: int = 12
     store_retry_base_s: float = 0.25
+    # Writes are refused (503, queue full) past this many queued or running jobs.
+    max_queue_depth: int = 100_000
+    # Retention (SPEC §10): newest N per channel / at most this old; None keeps everything.
+    retention_max_messages: int | None = None
+    retention_max_age_s: float | None = None
+    # METRICS=0 turns off /metrics and its counters (the benchmark measures their cost).
+    metrics_enabled: bool = True
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -76,6 +83,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         worker_max_jobs=_int("WORKER_MAX_JOBS", get("WORKER_MAX_JOBS"), 200, low=1, high=10_000),
         store_max_tries=_int("STORE_MAX_TRIES", get("STORE_MAX_TRIES"), 12, low=1, high=1000),
         store_retry_base_s=_float("STORE_RETRY_BASE_S", get("STORE_RETRY_BASE_S"), 0.25, low=0.0),
+        max_queue_depth=_int("MAX_QUEUE_DEPTH", get("MAX_QUEUE_DEPTH"), 100_000, low=1),
+        retention_max_messages=_optional_int("RETENTION_MAX_MESSAGES", get("RETENTION_MAX_MESSAGES")),
+        retention_max_age_s=_duration("RETENTION_MAX_AGE", get("RETENTION_MAX_AGE")),
+        metrics_enabled=_flag("METRICS", get("METRICS"), True),
     )
 
 
@@ -102,6 +113,38 @@ def _float(name: str, raw: str | None, default: float, *, low: float) -> float:
     if not value >= low:  # also rejects NaN
         raise ConfigError(f"{name}: must be at least {low}, got {raw!r}")
     return value
+
+
+def _optional_int(name: str, raw: str | None) -> int | None:
+    return None if raw is None else _int(name, raw, 0, low=1)
+
+
+_DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(name: str, raw: str | None) -> float | None:
+    """``90m``, ``12h``, ``30d`` (units s, m, h, d) in seconds; None when unset."""
+    if raw is None:
+        return None
+    number, unit = raw[:-1], raw[-1:].lower()
+    if unit not in _DURATION_UNITS_S or not number.isascii() or not number.isdigit():
+        raise ConfigError(
+            f"{name}: expected a whole number with a unit s, m, h or d (like 90m, 30d), got {raw!r}"
+        )
+    if int(number) < 1:
+        raise ConfigError(f"{name}: must be at least 1{unit}, got {raw!r}")
+    return float(int(number) * _DURATION_UNITS_S[unit])
+
+
+def _flag(name: str, raw: str | None, default: bool) -> bool:
+    if raw is None:
+        return default
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: expected 1 or 0 (true/false), got {raw!r}")
 
 
 def _redis_url(raw: str | None) -> str | None:

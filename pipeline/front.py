@@ -25,7 +25,7 @@ from typing import Any, cast
 from quart import Quart
 
 from .asgi import ASGIApp, Receive, Scope, Send
-from .ingest import CHANNEL_INGEST_PATH, ingest_channel, serve_ingest
+from .ingest import CHANNEL_INGEST_PATH, serve_ingest
 from .live import CLOSE_TRY_AGAIN_LATER, serve_websocket
 from .problems import problem_document
 from .services import EXTENSION_KEY, Services
@@ -37,7 +37,11 @@ Handler = Callable[[Services, Scope, Receive, Send], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Route:
-    """Requests of one ASGI scope type, with one of ``methods``, on one of ``paths``."""
+    """Requests of one ASGI scope type, with one of ``methods``, on one of ``paths``.
+
+    A path may hold one ``<name>`` segment: it matches any one non-empty segment there (the
+    handler reads it from the path and checks it).
+    """
 
     scope: str  # "http" or "websocket" (a WebSocket handshake is a GET)
     methods: tuple[str, ...]
@@ -70,7 +74,16 @@ class Front:
             for route in routes
             for method in route.methods
             for path in route.paths
+            if "<" not in path
         }
+        # (scope type, method, text before <name>, text after it, handler)
+        self._templates: list[tuple[str, str, str, str, Handler]] = [
+            (route.scope, method, *_split_template(path), route.handler)
+            for route in routes
+            for method in route.methods
+            for path in route.paths
+            if "<" in path
+        ]
         for route in routes:
             for path in route.paths:
                 # Never dispatched by Quart (there is no view): it answers 405/OPTIONS right.
@@ -82,10 +95,8 @@ class Front:
                 )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if path.startswith("/channels/") and ingest_channel(path) is not None:
-            path = CHANNEL_INGEST_PATH  # the one route with a variable part
-        handler = self._handlers.get((scope["type"], scope.get("method", "GET"), path))
+        kind, method, path = scope["type"], scope.get("method", "GET"), scope.get("path", "")
+        handler = self._handlers.get((kind, method, path)) or self._template_handler(kind, method, path)
         if handler is None:
             await self.app(scope, receive, send)
             return
@@ -101,6 +112,20 @@ class Front:
                 "unexpected error serving %s %s", scope.get("method", "WebSocket"), scope["path"]
             )
             await _refuse(scope, send, 500, _UNEXPECTED)
+
+    def _template_handler(self, kind: str, method: str, path: str) -> Handler | None:
+        for scope_type, template_method, before, after, handler in self._templates:
+            if (kind, method) == (scope_type, template_method) and path.startswith(before):
+                # One non-empty segment: an encoded "/" arrives decoded and matches nothing (404).
+                segment = path[len(before) : len(path) - len(after)] if path.endswith(after) else ""
+                if len(path) > len(before) + len(after) and segment and "/" not in segment:
+                    return handler
+        return None
+
+
+def _split_template(path: str) -> tuple[str, str]:
+    before, _, rest = path.partition("<")
+    return before, rest.partition(">")[2]
 
 
 async def _refuse(scope: Scope, send: Send, status: int, detail: str) -> None:

@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from dataclasses import dataclass, field
 
 import orjson
 
-from . import bulk, bus, channels
+from . import bulk, bus, channels, metrics, shedding
 from .asgi import Receive, Scope, Send
 from .messages import DEFAULT_CHANNEL, InvalidBody, new_id, parse_body, utc_timestamp
 from .problems import Problem, problem_document
 from .services import Services
 from .store import TRANSIENT_ERRORS
 
-INGEST_PATHS = frozenset({"/messages", "/json_dummy", "/json_dummy/"})
-_CHANNEL_PREFIX, _CHANNEL_SUFFIX = "/channels/", "/messages"
-CHANNEL_INGEST_PATH = "/channels/<name>/messages"  # as front.ROUTES and Quart's URL map spell it
+# Writes to one channel; front.ROUTES serves it with the paths that write to "default".
+CHANNEL_INGEST_PATH = "/channels/<name>/messages"
+_CHANNEL_PREFIX, _CHANNEL_SUFFIX = CHANNEL_INGEST_PATH.split("<name>")
 RETRY_AFTER_S = "2"
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 BODY_TIMEOUT_S = 30.0
@@ -56,9 +57,11 @@ async def _surely_not_queued(found: Services, message_id: str) -> bool | None:
         return None
 
 
-def unavailable(what: str) -> Problem:
+def unavailable(what: str, kind: str = "redis-unavailable") -> Problem:
     """503: a dependency cannot take the request now; nothing was done."""
-    return Problem(503, f"{what} is unavailable; try again shortly.", headers={"Retry-After": RETRY_AFTER_S})
+    return Problem(
+        503, f"{what} is unavailable; try again shortly.", headers={"Retry-After": RETRY_AFTER_S}, kind=kind
+    )
 
 
 def check_token(found: Services, authorization: str | None) -> None:
@@ -82,16 +85,12 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
-def ingest_channel(path: str | None) -> str | None:
-    """The channel a write to ``path`` goes to (not yet checked), or None if it is no ingest path:
-    ``/channels/<name>/messages``, or ``default`` for the paths from before channels."""
-    if path in INGEST_PATHS:
-        return DEFAULT_CHANNEL
-    if path is not None and path.startswith(_CHANNEL_PREFIX) and path.endswith(_CHANNEL_SUFFIX):
-        name = path[len(_CHANNEL_PREFIX) : -len(_CHANNEL_SUFFIX)]
-        if name and "/" not in name:  # an encoded "/" arrives decoded: no route (404)
-            return name
-    return None
+def channel_of(path: str) -> str:
+    """The channel a write to ``path`` goes to (not yet checked): ``<name>`` of
+    ``/channels/<name>/messages``, ``default`` on the paths from before channels."""
+    if path.startswith(_CHANNEL_PREFIX) and path.endswith(_CHANNEL_SUFFIX):
+        return path[len(_CHANNEL_PREFIX) : -len(_CHANNEL_SUFFIX)]
+    return DEFAULT_CHANNEL
 
 
 async def accept(
@@ -102,6 +101,7 @@ async def accept(
         payload = parse_body(body)
     except InvalidBody as exc:
         raise Problem(400, str(exc)) from None
+    await shedding.check(found.redis, found.settings.max_queue_depth)
     message_id, received_at = new_id(), utc_timestamp()
     try:
         accepted = await found.enqueuer.enqueue(
@@ -119,6 +119,7 @@ async def accept(
                 "exactly once.",
                 headers={"Retry-After": RETRY_AFTER_S},
                 extensions={"outcome": "unknown"},
+                kind="outcome-unknown",
             ) from None
         accepted = bus.Accepted(message_id, received_at)
     except bus.IdempotencyConflict as exc:
@@ -133,6 +134,7 @@ async def accept_batch(
     """Validate every line of a bulk write (SPEC §12) and queue the batch as one job, or raise
     Problem and queue nothing."""
     payloads = bulk.documents(body)
+    await shedding.check(found.redis, found.settings.max_queue_depth, documents=len(payloads))
     batch_id, received_at = new_id(), utc_timestamp()
     message_ids = [new_id() for _ in payloads]
     try:
@@ -158,6 +160,7 @@ async def accept_batch(
                 "exactly once.",
                 headers={"Retry-After": RETRY_AFTER_S},
                 extensions={"outcome": "unknown"},
+                kind="outcome-unknown",
             ) from None
         accepted = bus.AcceptedBatch(message_ids, received_at)
     except bus.QueueBehind:
@@ -166,7 +169,7 @@ async def accept_batch(
             f"Storage is behind (the oldest queued message has waited over {bus.MAX_QUEUE_AGE_MS} ms); "
             "nothing was queued. Try again shortly.",
             headers={"Retry-After": "1"},
-            extensions={"reason": "queue-behind"},
+            kind="queue-behind",
         ) from None
     except bus.IdempotencyConflict as exc:
         raise Problem(422, f"This Idempotency-Key was used for request {exc} with another body.") from None
@@ -175,14 +178,14 @@ async def accept_batch(
 
 
 async def serve_ingest(found: Services, scope: Scope, receive: Receive, send: Send) -> None:
-    """``POST``/``PUT`` on an ingest path, at the ASGI level (``front.ROUTES`` says which paths);
-    the channel comes from the path (``default`` for the paths from before channels)."""
-    channel = ingest_channel(scope.get("path")) or DEFAULT_CHANNEL
+    """``POST``/``PUT`` on an ingest path, at the ASGI level (``front.ROUTES`` says which paths)."""
+    started_s = time.perf_counter()
+    body: bytes | None = None
     headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
     try:
         check_token(found, headers.get("authorization"))
         key = check_idempotency_key(headers.get("idempotency-key"))
-        channels.check(channel)
+        channel = channels.check(channel_of(scope["path"]))
         body = await _read_body(receive, headers.get("content-length"), found.settings.max_body_bytes)
         if body is None:
             return  # the client went away
@@ -193,7 +196,7 @@ async def serve_ingest(found: Services, scope: Scope, receive: Receive, send: Se
     except Problem as problem:
         answer = Answer(
             problem.status,
-            problem_document(problem.status, problem.detail, problem.extensions),
+            problem_document(problem.status, problem.detail, problem.extensions, problem.kind),
             problem.headers,
             "application/problem+json",
         )
@@ -205,6 +208,7 @@ async def serve_ingest(found: Services, scope: Scope, receive: Receive, send: Se
     ]
     await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": answer.body})
+    metrics.ingested(answer.status, None if body is None else len(body), started_s)
 
 
 async def _read_body(receive: Receive, content_length: str | None, limit: int) -> bytes | None:

@@ -5,12 +5,12 @@ database, subscribe to the hub, replay once more to close the race between the t
 pass on live deliveries, dropping any ``seq`` already sent. Each stream therefore sees
 strictly increasing ``seq``, none twice and none missed, whichever process it reaches.
 
-The WebSocket writer uses hypercorn's internals (``WSStream``, its ``send``, ``stream_id`` and
-``closed``, the ``Data`` event, ``send.__self__``): ``contracts.py`` lists them and checks them.
-
 A stream narrowed with ``?channel=`` (repeatable) gets the same from its channels only: the
 replay reads just those channels from the database, and the hub's subscription skips the rest.
 ``seq`` is global, so such a stream sees increasing, not consecutive, numbers.
+
+The WebSocket writer uses hypercorn's internals (``WSStream``, its ``send``, ``stream_id`` and
+``closed``, the ``Data`` event, ``send.__self__``): ``contracts.py`` lists them and checks them.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from quart import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 
 from . import channels as channel_names
+from . import metrics
 from .asgi import Receive, Scope, Send
 from .hub import Closed, Delivery, Overflow, deliveries, websocket_frame
 from .problems import Problem, problem_document
@@ -153,9 +154,11 @@ async def serve_websocket(found: Services, scope: Scope, receive: Receive, send:
     streaming = asyncio.create_task(_stream_frames(found, after, write, send, channels))
     # The client may go away at any time; then the stream (and its subscription) must end.
     listening = asyncio.create_task(_until_disconnect(receive))
+    metrics.stream_opened("ws")
     try:
         await asyncio.wait({streaming, listening}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        metrics.stream_closed("ws")
         for task in (streaming, listening):
             task.cancel()
         outcomes = await asyncio.gather(streaming, listening, return_exceptions=True)
@@ -177,7 +180,9 @@ async def _stream_frames(
                     await write([(websocket_frame(ping), ping)])
                 else:
                     await write([(item.ws_frame, item.ws_text) for item in batch])
+                    metrics.delivered("ws", batch)
     except Overflow:
+        metrics.closed_slow("ws")
         await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER, "reason": _TOO_SLOW})
     except Closed:
         await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": _GOING_AWAY})
@@ -248,7 +253,7 @@ async def _refuse(scope: Scope, send: Send, problem: Problem) -> None:
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": 1008})
         return
-    body = problem_document(problem.status, problem.detail)
+    body = problem_document(problem.status, problem.detail, problem.extensions, problem.kind)
     headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "websocket.http.response.start", "status": problem.status, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body})
@@ -269,6 +274,7 @@ async def events() -> Response:
 
     async def stream() -> AsyncIterator[bytes]:
         yield b"retry: 1000\n\n"
+        metrics.stream_opened("sse")
         try:
             async with contextlib.aclosing(follow(found, after, channels)) as deliveries_:
                 async for batch in deliveries_:
@@ -276,9 +282,13 @@ async def events() -> Response:
                         yield b": ping\n\n"
                     else:
                         yield b"".join(item.sse_frame for item in batch)
-        except (Overflow, Closed):
+                        metrics.delivered("sse", batch)
+        except (Overflow, Closed) as ended:
             # Ending the response makes EventSource reconnect with Last-Event-ID.
-            return
+            if isinstance(ended, Overflow):
+                metrics.closed_slow("sse")
+        finally:
+            metrics.stream_closed("sse")
 
     response = Response(
         stream(),

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
-from .children import spawn, stop
+from .children import spawn, stop, wait_until
+from .listen import free_port
 
 # sun_path holds 108 bytes on Linux, fewer elsewhere; stay well inside.
 _MAX_SOCKET_PATH = 100
@@ -45,56 +46,64 @@ def find_redis_server() -> str:
 
 
 class LocalRedis:
-    """A redis-server child process whose files live in ``data_dir``."""
+    """A redis-server child process whose files live in ``data_dir`` (run.py's private Redis,
+    and the one the tests and the benchmark start: ``tcp=True`` puts it on a free loopback port,
+    as a Procfile deployment reaches its Redis over the network)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, tcp: bool = False, appendonly: bool = True) -> None:
         self.data_dir = data_dir.resolve()
+        self.tcp, self.appendonly = tcp, appendonly
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.port = 0  # when on TCP
+        self.address: str | tuple[str, int] = ""
 
-    def start(self) -> str:
-        """Start it, wait until it answers, and return its URL."""
+    def start(self) -> LocalRedis:
+        """Start it and wait until it answers (``url`` says where)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         binary = find_redis_server()
         socket_path = self.data_dir / "redis.sock"
         args = [
             binary,
             "--dir", str(self.data_dir),
-            "--appendonly", "yes",
+            "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec",
             "--save", "",
             "--logfile", str(self.data_dir / "redis.log"),
             "--daemonize", "no",
         ]  # fmt: skip
-        if len(str(socket_path)) <= _MAX_SOCKET_PATH:
+        if not self.tcp and len(str(socket_path)) <= _MAX_SOCKET_PATH:
             socket_path.unlink(missing_ok=True)  # left by a killed run; the data lock says so
             args += ["--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700"]
             self.url = f"unix://{socket_path}"
-            address: str | tuple[str, int] = str(socket_path)
+            self.address = str(socket_path)
         else:
-            port = _free_port()
-            args += ["--port", str(port), "--bind", "127.0.0.1"]
-            self.url = f"redis://127.0.0.1:{port}/0"
-            address = ("127.0.0.1", port)
+            self.port = self.port or free_port()  # a restart keeps its address
+            args += ["--port", str(self.port), "--bind", "127.0.0.1"]
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+            self.address = ("127.0.0.1", self.port)
         self.process = spawn(args, stdout=subprocess.DEVNULL)
-        self._wait_until_ready(address)
-        return self.url
+        self._wait_until_ready()
+        return self
 
-    def _wait_until_ready(self, address: str | tuple[str, int]) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited at start; see {self.data_dir / 'redis.log'}")
-            if answers_ping(address):
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer within {_START_TIMEOUT_S:.0f}s")
+    def _wait_until_ready(self) -> None:
+        process = self.process
+        assert process is not None
+        try:
+            wait_until(lambda: process.poll() is not None or self.answers(), _START_TIMEOUT_S, 0.05)
+        except TimeoutError:
+            raise RuntimeError(f"redis-server did not answer within {_START_TIMEOUT_S:.0f}s") from None
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-server exited at start; see {self.data_dir / 'redis.log'}")
 
-    def stop(self, timeout_s: float = 2.0) -> None:
+    def answers(self) -> bool:
+        """True if it answers PING."""
+        return answers_ping(self.address)
+
+    def stop(self, timeout_s: float = 2.0, sig: int = signal.SIGTERM) -> None:
         """Stop it (SIGTERM lets Redis flush its append-only file)."""
         if self.process is not None:
-            stop(self.process, timeout_s)
+            stop(self.process, timeout_s, sig)
             self.process = None
 
 
@@ -109,10 +118,3 @@ def answers_ping(address: str | tuple[str, int]) -> bool:
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

@@ -28,13 +28,13 @@ from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import peewee
 from playhouse.db_url import parse as parse_db_url
 from playhouse.pool import PooledPostgresqlDatabase
 
 from . import schema
+from .files import sqlite_path
 from .messages import Message, utc_timestamp
 
 T = TypeVar("T")
@@ -62,11 +62,8 @@ class ChannelStats:
 
 
 def _open(url: str) -> Any:
-    scheme = urlsplit(url).scheme
-    if scheme == "sqlite":
-        path = urlsplit(url).path
-        # sqlite:////abs/path has path "//abs/path"; sqlite:///rel/path has "/rel/path".
-        path = path[1:] if path.startswith("//") else path.lstrip("/")
+    path = sqlite_path(url)
+    if path is not None:
         return peewee.SqliteDatabase(
             path,
             pragmas={

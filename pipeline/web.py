@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
+import threading
 from typing import cast
 
 import uvloop
@@ -22,6 +24,10 @@ from .front import Front
 MAX_INCOMING_WS_BYTES = 4096
 # Time given to open connections to finish once streams were told to close.
 GRACEFUL_TIMEOUT_S = 3.0
+# After SIGTERM/SIGINT the process is gone within this, even if something is stuck.
+_STOP_DEADLINE_S = GRACEFUL_TIMEOUT_S + 5.0
+
+log = logging.getLogger(__name__)
 
 
 def hypercorn_config(settings: Settings, *, shared_port: socket.socket | None = None) -> Config:
@@ -37,40 +43,51 @@ def hypercorn_config(settings: Settings, *, shared_port: socket.socket | None = 
     return config
 
 
-def shared_listener(host: str, port: int) -> socket.socket:
-    """A listening address that several web processes bind at once (SO_REUSEPORT: the kernel
-    spreads connections over them). Only for processes started together, by run.py: a stray
-    second server would share the port silently instead of failing to start."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host.strip("[]"), port))
-    return sock
-
-
-async def serve(settings: Settings, *, share_port: bool = False) -> None:
-    """Serve until SIGTERM/SIGINT, then close streams and stop accepting."""
+async def serve(settings: Settings, listener: socket.socket) -> None:
+    """Serve on ``listener`` until SIGTERM/SIGINT, then close streams and stop accepting."""
     await contracts.check_redis()
     app = create_app(settings)
     stopping = asyncio.Event()
+    serving = asyncio.Event()  # hypercorn awaits the shutdown trigger once it serves
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+        loop.add_signal_handler(signum, _stop_within, stopping, serving)
 
     async def shutdown_trigger() -> None:
+        serving.set()
         await stopping.wait()
         close_streams(app)
 
     # Ingest and WebSocket streams are served in front of Quart (see front.py).
     served = cast(ASGIFramework, Front(app))
-    listener = shared_listener(settings.host, settings.port) if share_port else None
     config = hypercorn_config(settings, shared_port=listener)
-    await hypercorn_serve(served, config, shutdown_trigger=shutdown_trigger)
+    try:
+        await hypercorn_serve(served, config, shutdown_trigger=shutdown_trigger)
+    except Exception:
+        # Startup failed (the database never answered, say). What a half-started app leaves
+        # behind may not end when cancelled: exit now rather than hang (SPEC §6).
+        log.exception("the web process failed")
+        _exit(1)
 
 
-def run(settings: Settings, *, share_port: bool = False) -> None:
-    """Run one web process."""
+def _stop_within(stopping: asyncio.Event, serving: asyncio.Event) -> None:
+    """SIGTERM/SIGINT: still starting, exit at once (nothing to finish); serving, stop
+    gracefully, and exit within _STOP_DEADLINE_S even if something will not end."""
+    if not serving.is_set():
+        _exit(0)
+    if not stopping.is_set():
+        stopping.set()
+        timer = threading.Timer(_STOP_DEADLINE_S, _exit, (1,))
+        timer.daemon = True
+        timer.start()
+
+
+def _exit(status: int) -> None:
+    logging.shutdown()
+    os._exit(status)
+
+
+def run(settings: Settings, listener: socket.socket) -> None:
+    """Run one web process on ``listener`` (see pipeline.listen)."""
     contracts.check()
-    uvloop.run(serve(settings, share_port=share_port))
+    uvloop.run(serve(settings, listener))

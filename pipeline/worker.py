@@ -19,7 +19,7 @@ import uvloop
 from arq import Retry
 from arq.worker import func
 
-from . import bus, contracts
+from . import bus, contracts, metrics
 from .config import Settings
 from .messages import DEFAULT_CHANNEL, utc_timestamp
 from .runner import BatchingWorker
@@ -109,6 +109,8 @@ async def _give_up_batch(
     ctx: dict[str, Any], batch_id: str, rows: list[tuple[str, str, str, str]], exc: BaseException
 ) -> None:
     logger.error("store of batch %s failed for good after %d tries: %r", batch_id, ctx["job_try"], exc)
+    for _ in rows:
+        metrics.failed()
     failed_at, error = utc_timestamp(), f"{type(exc).__name__}: {exc}"
     await bus.record_failures(
         ctx["redis"],
@@ -132,6 +134,7 @@ async def _give_up(
     ctx: dict[str, Any], message_id: str, payload: str, received_at: str, channel: str, exc: BaseException
 ) -> None:
     logger.error("store of %s failed for good after %d tries: %r", message_id, ctx["job_try"], exc)
+    metrics.failed()
     await bus.record_failure(
         ctx["redis"],
         message_id,
@@ -154,12 +157,15 @@ async def _startup(ctx: dict[str, Any]) -> None:
     writer = Writer(store, ctx["redis"])
     writer.start()
     ctx["store"], ctx["writer"] = store, writer
+    ctx["metrics"] = metrics.start_reporter(ctx["redis"], "worker", settings.metrics_enabled)
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
     if "writer" in ctx:
         await ctx["writer"].stop()
         await ctx["store"].close()
+    if "metrics" in ctx:
+        await ctx["metrics"].stop()
 
 
 def create_worker(settings: Settings, *, handle_signals: bool = True) -> BatchingWorker:

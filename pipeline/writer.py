@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 from arq.connections import ArqRedis
 
-from . import bus
-from .messages import Message, pack, render
+from . import bus, metrics
+from .messages import Message, pack, render, utc_timestamp
 from .store import Row, Store
 from .tasks import cancel_and_wait
 
@@ -80,6 +80,7 @@ class Writer:
                 await self._write(batch)
 
     async def _write(self, batch: Sequence[_Item]) -> None:
+        started_at = utc_timestamp()
         try:
             stored = await self._store.save([row for rows, _ in batch for row in rows])
         except Exception as exc:  # noqa: BLE001 - each job decides what its failure means
@@ -87,6 +88,7 @@ class Writer:
                 if not future.done():
                     future.set_exception(exc)
             return
+        metrics.stored(stored, since=started_at)
         try:
             await bus.publish(self._redis, pack([render(message) for message in stored]))
         except bus.REDIS_ERRORS as exc:

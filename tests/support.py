@@ -15,88 +15,34 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 import redis
 
-from pipeline.local_redis import answers_ping, find_redis_server
+from pipeline.children import spawn, wait_until
+from pipeline.children import stop as stop_process
+from pipeline.listen import free_port
+from pipeline.local_redis import LocalRedis
+
+__all__ = ["free_port", "stop_process", "wait_until"]  # tests import them from here
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_PY = str(ROOT / "run.py")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_until(condition: Callable[[], Any], timeout_s: float = 10.0, interval_s: float = 0.02) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s: {condition}")
-        time.sleep(interval_s)
-
-
-def stop_process(process: subprocess.Popen[Any], timeout_s: float = 5.0, sig: int = signal.SIGTERM) -> None:
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-class RedisServer:
-    """A private redis-server on a free loopback port, with its files in ``directory``."""
+class RedisServer(LocalRedis):
+    """A private redis-server on a free loopback port, with its files in ``directory``; tests
+    also look inside it, kill it and pause it."""
 
     def __init__(self, directory: Path, *, appendonly: bool = True) -> None:
-        self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.appendonly = appendonly
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        super().__init__(directory, tcp=True, appendonly=appendonly)
 
     def start(self) -> RedisServer:
-        self.process = subprocess.Popen(
-            [
-                find_redis_server(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--save",
-                "",
-                "--appendonly",
-                "yes" if self.appendonly else "no",
-                "--appendfsync",
-                "everysec",
-                "--logfile",
-                str(self.directory / "redis.log"),
-            ],  # fmt: skip
-            stdout=subprocess.DEVNULL,
-        )
-        wait_until(self.answers, timeout_s=10)
+        super().start()
         return self
-
-    def answers(self) -> bool:
-        return answers_ping(("127.0.0.1", self.port))
 
     def command(self, *args: str) -> bytes:
         """Send one command and return the raw reply (tests use it to look inside)."""
@@ -106,15 +52,8 @@ class RedisServer:
             time.sleep(0.05)
             return sock.recv(65536)
 
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-            self.process = None
-
     def kill(self) -> None:
-        if self.process is not None:
-            stop_process(self.process, sig=signal.SIGKILL)
-            self.process = None
+        self.stop(sig=signal.SIGKILL)
 
     def pause(self) -> None:
         assert self.process is not None
@@ -147,7 +86,7 @@ class Pipeline:
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = open(self.directory / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
-        return subprocess.Popen([sys.executable, RUN_PY, *args], env=env, stdout=log, stderr=log, cwd=ROOT)
+        return spawn([sys.executable, RUN_PY, *args], env=env, stdout=log, stderr=log, cwd=ROOT)
 
     def release(self) -> None:
         subprocess.run([sys.executable, RUN_PY, "release"], env=self.env, check=True, capture_output=True)
@@ -470,24 +409,7 @@ class RunPy:
     def descendants(self) -> set[int]:
         """PIDs of every process run.py started (children and theirs)."""
         assert self.process is not None
-        parents = {self.process.pid}
-        found: set[int] = set()
-        changed = True
-        while changed:
-            changed = False
-            for entry in Path("/proc").iterdir():
-                if not entry.name.isdigit() or int(entry.name) in found:
-                    continue
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                if ppid in parents:
-                    found.add(int(entry.name))
-                    parents.add(int(entry.name))
-                    changed = True
-        return found
+        return descendants(self.process.pid)
 
     def interrupt(self) -> float:
         """Ctrl-C: SIGINT to run.py; returns how long it took to exit."""
@@ -500,6 +422,43 @@ class RunPy:
     def stop(self) -> None:
         if self.process is not None:
             stop_process(self.process)
+
+
+def descendants(pid: int) -> set[int]:
+    """PIDs of the children of ``pid``, and theirs."""
+    parents = {pid}
+    found: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) in found:
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) in parents:
+                found.add(int(entry.name))
+                parents.add(int(entry.name))
+                changed = True
+    return found
+
+
+def marked_processes(mark: str) -> set[int]:
+    """Live processes whose environment has ``PIPELINE_TEST_MARK=<mark>`` (a test sets it on
+    what it starts; children inherit it): how a test finds what a process it started left
+    behind, even re-parented. (Not redis-server: its process title overwrites its environment.)"""
+    needle = f"PIPELINE_TEST_MARK={mark}".encode()
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and alive(int(entry.name)):
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def alive(pid: int) -> bool:

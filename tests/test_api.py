@@ -98,7 +98,7 @@ def test_bad_bodies_are_400_and_store_nothing(client: httpx.Client, name: str) -
     assert send(client, {"after": name}).status_code == 202
     rows = wait_stored(client, 1)
     assert [row["payload"] for row in rows] == [{"after": name}]
-    assert client.get("/healthz").json()["queue"] == {"queued": 0, "failed": 0}
+    assert client.get("/healthz").json()["queue"] == {"queued": 0, "failed": 0, "oldest_age_s": None}
 
 
 def test_body_over_the_limit_is_413(pipeline: Pipeline) -> None:

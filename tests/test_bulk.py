@@ -45,7 +45,7 @@ def post_until_accepted(client: httpx.Client, lines: list[str]) -> httpx.Respons
         response = post_batch(client, lines)
         if response.status_code != 503 or time.monotonic() > deadline:
             return response
-        assert response.json()["reason"] == "queue-behind", response.text
+        assert response.json()["type"].endswith("/problems/queue-behind"), response.text
         time.sleep(0.1)
 
 
@@ -204,7 +204,8 @@ def test_get_by_id_says_queued_for_each_until_stored(pipeline: Pipeline) -> None
         time.sleep(0.3)
         behind = post_batch(client, batch_of(20, "behind"))
         assert_problem(behind, 503)
-        assert behind.json()["reason"] == "queue-behind" and behind.headers["Retry-After"] == "1"
+        assert behind.json()["type"].endswith("/problems/queue-behind")
+        assert behind.headers["Retry-After"] == "1"
         pipeline.start_worker()
         wait_until(lambda: all(client.get(f"/messages/{i}").status_code == 200 for i in ids), timeout_s=20)
         assert_stored_in_line_order(stored(client), ids, lines)
@@ -219,6 +220,17 @@ def test_get_by_id_says_queued_for_each_until_stored(pipeline: Pipeline) -> None
         assert int(r.get("pipeline:batched-extra") or 0) == 0
     finally:
         r.close()
+
+
+def test_load_shedding_counts_a_batch_documents(pipeline: Pipeline) -> None:
+    url = pipeline.start_web(MAX_QUEUE_DEPTH="150")  # and no worker: nothing leaves the queue
+    with httpx.Client(base_url=url, timeout=10) as client:
+        assert post_batch(client, batch_of(200, "deep")).status_code == 202
+        time.sleep(1.5)  # the depth is read at most once a second
+        # One job holding 200 documents is 200 queued messages, past MAX_QUEUE_DEPTH.
+        refused = client.put("/messages", content=b'"one more"')
+        assert_problem(refused, 503)
+        assert refused.json()["type"].endswith("/problems/queue-full")
 
 
 def test_concurrent_batches_each_stored_whole_and_in_line_order(

@@ -208,7 +208,8 @@ def test_before_after_limit_and_tail_per_channel(client: httpx.Client) -> None:
     assert seqs_of("/messages", tail=100, after=seqs[25]) == seqs[26:]
     assert seqs_of("/channels/even/messages", tail=3, after=even[-5]) == even[-3:]
     assert seqs_of("/channels/even/messages", after=even[3], limit=2) == even[4:6]
-    for bad in ({"before": "x"}, {"before": "0"}, {"before": "-1"}):
+    assert seqs_of("/messages", before=0, limit=5) == seqs_of("/messages", before=1) == []
+    for bad in ({"before": "x"}, {"before": "-1"}, {"before": "1.5"}):
         assert client.get("/channels/even/messages", params=bad).status_code == 400
 
 
@@ -315,7 +316,7 @@ class ChannelFollower(threading.Thread):
     def wait_for(self, ids: list[str], timeout_s: float = 40) -> None:
         wanted = set(ids)
         try:
-            wait_until(lambda: wanted <= {m["id"] for m in self.received}, timeout_s=timeout_s, interval_s=0.1)
+            wait_until(lambda: wanted <= {m["id"] for m in self.received}, timeout_s, interval_s=0.1)
         except AssertionError:
             got = {m["id"] for m in self.received}
             missing = [i for i in ids if i not in got]

@@ -116,4 +116,12 @@ FAULTS: list[Fault] = [
         guarantee="When storage is behind (the oldest queued job waited past 100 ms), a batch is "
         "503 + Retry-After and queues nothing, rather than growing the queue.",
     ),
+    Fault(
+        name="bulk-shedding-counts-jobs",
+        path="pipeline/shedding.py",
+        find="_depth.value = await bus.queued_documents(redis)",
+        replace="_depth.value = int(await redis.zcard(bus.QUEUE_NAME))",
+        tests=(_T + "test_load_shedding_counts_a_batch_documents",),
+        guarantee="Load shedding counts a bulk write's documents, not its one job (SPEC §11).",
+    ),
 ]

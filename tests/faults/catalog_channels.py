@@ -77,4 +77,21 @@ FAULTS: list[Fault] = [
         tests=(_T + "test_before_after_limit_and_tail_per_channel",),
         guarantee="?before=<seq> pages backwards through the messages below seq",
     ),
+    Fault(
+        name="channel-write-route-dropped",
+        path="pipeline/front.py",
+        find="(CHANNEL_INGEST_PATH,),",
+        # A route with no paths: channel writes fall through to Quart (405).
+        replace="(),",
+        tests=(_T + "test_writes_reads_and_channel_figures",),
+        guarantee="POST/PUT /channels/<name>/messages is accepted and stored in that channel",
+    ),
+    Fault(
+        name="channel-not-carried-in-the-job",
+        path="pipeline/bus.py",
+        find="job_args = (message_id, payload, received_at, channel)",
+        replace="job_args = (message_id, payload, received_at)",
+        tests=(_T + "test_writes_reads_and_channel_figures",),
+        guarantee="a message is stored in the channel it was sent to",
+    ),
 ]
