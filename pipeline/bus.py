@@ -9,8 +9,6 @@ runs the commands queued on its socket when it resumes; if the web process has a
 by then, the job must not appear. So the script refuses to write once the deadline (taken
 shortly before the client's own timeout, on Redis's clock) has passed.
 
-It relies on redis-py's wording of a refused connection; ``contracts.py`` lists that and checks it.
-
 Order (SPEC §3): a job's score is its enqueue time on Redis's own clock, so every web process
 agrees, in milliseconds with a microsecond fraction (arq compares scores with its millisecond
 timestamps; a double holds today's microseconds exactly), and never equal to or below the
@@ -18,6 +16,12 @@ previous job's score (``pipeline:enqueued-us``), so jobs are claimed, and with o
 in the order they were accepted: equal scores would come out in the random order of their ids.
 The score is one millisecond early: a worker asks for jobs due by the current *whole* millisecond,
 and a job scored 0.4 ms past it would wait for the next poll instead of the wake-up it sent.
+
+A bulk write (SPEC §12) is one job holding every document, queued by a script of its own with
+the same deadline, order and idempotency (over the whole batch), which also records each id as
+queued until the batch commits and refuses the batch while storage is behind.
+
+It relies on redis-py's wording of a refused connection; ``contracts.py`` lists that and checks it.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from tests.support import (
     count_rows,
     free_port,
     in_progress,
+    pipelined,
     queued,
     send,
     stored,
@@ -132,8 +133,9 @@ def test_a_job_run_twice_stores_one_row(service: tuple[Pipeline, httpx.Client], 
     database = tmp_path / "pipeline.db"
     lock = SqliteLock(database)
     try:
-        ids = [send(client, {"twice": n}).json()["id"] for n in range(20)]
-        wait_until(lambda: set(ids) <= in_progress(pipeline.redis_url), timeout_s=5)
+        # All at once, so the worker claims them well within its busy timeout (3 s).
+        ids = pipelined(str(client.base_url).rstrip("/"), [f'{{"twice": {n}}}' for n in range(20)])
+        wait_until(lambda: set(ids) <= in_progress(pipeline.redis_url), timeout_s=2.5)
         # Redis stops: from now on the worker can store but can tell Redis nothing.
         redis_server.pause()
     finally:
@@ -373,11 +375,25 @@ def test_live_streams_across_a_lost_notification(
                             received.append(frame["data"]["id"])
                 assert received == [first, second]
             time.sleep(1.0)  # worker A reconnects
+        # A lost notification with nothing after it: the hub's periodic look at the database
+        # (every 2 s) finds the message all the same.
+        with contextlib.ExitStack() as stack:
+            stack.callback(gate.open)
+            worker_b.send_signal(signal.SIGSTOP)
+            stack.callback(worker_b.send_signal, signal.SIGCONT)
+            lock = SqliteLock(database)
+            try:
+                last = send(client, {"round": "last", "by": "a"}).json()["id"]
+                wait_until(lambda: last in in_progress(pipeline.redis_url), timeout_s=10)
+                gate.shut()
+            finally:
+                lock.release()
+            follower.wait_for({last}, timeout_s=10)
         rows = stored(client)
         follower.stop()
         assert follower.violations == []
         assert [m["id"] for m in follower.received] == [row["id"] for row in rows]
-        assert len(rows) == 6
+        assert len(rows) == 7
     finally:
         follower.stop()
         client.close()

@@ -2,32 +2,11 @@
 
 from __future__ import annotations
 
-import re
-import socket
 from pathlib import Path
 
 import httpx
 
-from tests.support import Pipeline, RedisServer, send, wait_stored
-
-
-def pipelined(url: str, documents: list[str]) -> list[str]:
-    """PUT documents on one connection, HTTP/1.1-pipelined: the server accepts them one after
-    another, as fast as it can (several in one millisecond). Returns the ids, in order."""
-    host, port = url.removeprefix("http://").split(":")
-    requests = b"".join(
-        f"PUT /messages HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(doc)}\r\n\r\n{doc}".encode()
-        for doc in documents
-    )
-    answers = b""
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(requests)
-        while answers.count(b"HTTP/1.1 ") < len(documents) or not answers.endswith(b"}"):
-            chunk = sock.recv(65536)
-            assert chunk, answers[-500:]
-            answers += chunk
-    assert answers.count(b"HTTP/1.1 202 ") == len(documents), answers[:500]
-    return [match.decode() for match in re.findall(rb'"id":"([0-9a-f-]{36})"', answers)]
+from tests.support import Pipeline, RedisServer, pipelined, send, wait_stored
 
 
 def test_accepted_one_after_another_are_stored_in_that_order(

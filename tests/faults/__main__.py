@@ -168,7 +168,9 @@ def baseline(faults: list[Fault], files: list[Path], jobs: int) -> dict[str, str
                 passed = not any(child.tag in ("failure", "error", "skipped") for child in case)
                 outcomes.setdefault(node, []).append(passed)
             if result.returncode == 1:
-                errors = [line for line in result.stdout.splitlines() if line.startswith(("E ", "FAILED"))]
+                errors = [
+                    line for line in result.stdout.splitlines() if line.startswith(("E ", "FAILED", "ERROR"))
+                ]
                 print("\n".join(errors[:40]), file=sys.stderr)
 
     def passes(node_id: str) -> bool:

@@ -106,6 +106,15 @@ FAULTS: list[Fault] = [
         "was sent to web B (two workers' notifications arrive out of order).",
     ),
     Fault(
+        name="hub-reconcile-removed",
+        path="pipeline/hub.py",
+        find="            if latest > self.last_seq:\n                await self.catch_up()",
+        replace="            pass",
+        tests=(_GAP_SQLITE,),
+        guarantee="Live clients get every stored message: one whose notification was lost, with no "
+        "later one to show the gap, is found by the hub's periodic look at the database.",
+    ),
+    Fault(
         name="live-duplicate-filter-removed",
         path="pipeline/live.py",
         find="fresh = [item for item in batch if item.seq > sent]",
