@@ -10,7 +10,7 @@ the page's CSP), and only the hostile-payload test also runs once with the CSP b
 Every page is watched: an uncaught page error, a console error (other than those a test expects
 from what it breaks on purpose, each named by a narrow pattern) or a dialog fails the test.
 
-``UPDATE_SCREENSHOT=1`` makes ``test_screenshot`` write ``docs/screenshot.png``.
+``UPDATE_SCREENSHOT=1`` makes ``test_screenshots`` write the README's pictures, ``docs/page-*.png``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +48,7 @@ from tests.support import (
     Sender,
     free_port,
     send,
+    stop_process,
     stored,
     wait_stored,
     wait_until,
@@ -71,30 +73,51 @@ PHONE: ViewportSize = {"width": 390, "height": 844}
 HOSTILE_IMG = {"x": "<img src=x onerror=alert(1)>"}
 HOSTILE_SCRIPT = "</script><script>alert(1)</script>"
 
-# What the page exposes, read in one call.
+# What a person sees, read in one call: the status badge and the counter.
 STATE_JS = """() => {
-  const p = window.__pipeline, status = document.getElementById("status");
-  return {state: status.dataset.state, text: status.textContent, title: status.title,
-          transport: p.transport, mode: p.mode, lastSeq: p.lastSeq, ignored: p.ignored,
-          connects: p.connects, flushes: p.flushes, rendered: p.seqs.length,
-          count: document.getElementById("count").textContent};
+  const status = document.getElementById("status"), count = document.getElementById("count");
+  const state = status.dataset.state;
+  return {state, text: status.textContent, title: status.title,
+          transport: state === "ws" || state === "sse" ? state : null,
+          total: Number(count.dataset.total), shown: Number(count.dataset.shown), count: count.textContent};
 }"""
-SEQS_JS = "() => window.__pipeline.seqs.slice()"
+# The seqs of the entries drawn now (the list is windowed: those near the view).
 DOM_SEQS_JS = (
     "() => Array.from(document.querySelectorAll('#messages > li.msg'), li => Number(li.dataset.seq))"
+    ".sort((a, b) => a - b)"
 )
+# Every seq in the list, ascending, read as a person would: scrolling from the newest (top) to
+# the oldest, a screenful at a time, then back to where the list was.
+ALL_SEQS_JS = """async () => {
+  const list = document.getElementById("messages");
+  const frame = () => new Promise((resolve) => requestAnimationFrame(() => resolve()));
+  const seen = new Set(), saved = list.scrollTop;
+  for (let y = 0; ; y += Math.max(100, list.clientHeight - 50)) {
+    list.scrollTop = y;
+    await frame();
+    for (const li of list.querySelectorAll("li.msg")) seen.add(Number(li.dataset.seq));
+    if (y + list.clientHeight >= list.scrollHeight) break;
+  }
+  list.scrollTop = saved;
+  await frame();
+  return [...seen].sort((a, b) => a - b);
+}"""
 ENTRY_JS = """(id) => {
   const li = document.querySelector(`#messages > li.msg[data-id="${CSS.escape(id)}"]`);
   if (!li) return null;
   const text = (sel) => { const e = li.querySelector(sel); return e ? e.textContent : null; };
+  const time = li.querySelector("time.received");
   return {seq: Number(li.dataset.seq), payload: text("pre.payload"), seqText: text(".seq"),
-          idText: text(".id"), received: text("time.received"), store: text(".delay.store"),
-          screen: text(".delay.screen"), storeMs: li.dataset.storeMs, hidden: li.hidden};
+          idText: text(".id"), received: text("time.received"), receivedTitle: time && time.title,
+          store: text(".delay.store"), screen: text(".delay.screen"), storeMs: li.dataset.storeMs,
+          view: li.dataset.view, channel: li.dataset.channel || null, chan: text(".chan")};
 }"""
-# Is the newest entry (the last in the DOM, shown on top) inside the list's visible box and the window?
+# Is the newest entry (offset 0, shown on top) inside the list's visible box and the window?
 NEWEST_VISIBLE_JS = """() => {
-  const list = document.getElementById("messages"), li = list.lastElementChild;
-  if (!li) return null;
+  const list = document.getElementById("messages");
+  const lis = Array.from(list.querySelectorAll("li.msg"));
+  if (!lis.length) return null;
+  const li = lis.reduce((a, b) => (Number(a.dataset.seq) > Number(b.dataset.seq) ? a : b));
   const r = li.getBoundingClientRect(), l = list.getBoundingClientRect();
   return {seq: Number(li.dataset.seq),
           visible: r.height > 0 && r.top >= l.top - 1 && r.top < l.bottom - 10 && r.top < innerHeight - 10};
@@ -162,6 +185,10 @@ class Watched:
         url = message.location.get("url", "")
         if url.endswith("/favicon.ico") and "404" in message.text:
             return
+        if url.endswith(("/session", "/channels")) and "404" in message.text:
+            # A server without sessions or channels (yet): the page then treats reads as open
+            # and knows only the channels it sees.
+            return
         if any(pattern.search(message.text) for pattern in self.allow_console):
             self.tolerated.append(message.text)
             return
@@ -185,8 +212,13 @@ class Watched:
         return result
 
     def seqs(self) -> list[int]:
-        result: list[int] = self.page.evaluate(SEQS_JS)
+        """Every seq in the list, read by scrolling through it."""
+        result: list[int] = self.page.evaluate(ALL_SEQS_JS)
         return result
+
+    def streams(self) -> list[str]:
+        """The URLs of the streams the page opened (WebSocket and SSE), in order."""
+        return [u for u in self.websockets] + [u for method, u in self.requests if "/events?" in u]
 
     def dom_seqs(self) -> list[int]:
         result: list[int] = self.page.evaluate(DOM_SEQS_JS)
@@ -241,8 +273,15 @@ def open_page(browser: Browser) -> Iterator[OpenPage]:
         viewport: ViewportSize = DESKTOP,
         bypass_csp: bool = False,
         allow_console: list[str] | None = None,
+        color_scheme: str = "light",
+        clipboard: bool = False,
     ) -> Watched:
-        context = browser.new_context(viewport=viewport, bypass_csp=bypass_csp, color_scheme="light")
+        context = browser.new_context(
+            viewport=viewport,
+            bypass_csp=bypass_csp,
+            color_scheme=color_scheme,  # type: ignore[arg-type]
+            permissions=["clipboard-read", "clipboard-write"] if clipboard else [],
+        )
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(20_000)
@@ -312,21 +351,23 @@ def pretty(document: Any) -> str:
 
 
 @pytest.mark.parametrize(
-    ("query", "transport", "mode", "badge"),
+    ("query", "transport", "badge", "title"),
     [
-        ("", "ws", "auto", "live · WebSocket"),
-        ("?transport=ws", "ws", "ws", "live · WebSocket"),
-        ("?transport=sse", "sse", "sse", "live · SSE"),
+        ("", "ws", "live · WebSocket", ""),
+        ("?transport=ws", "ws", "live · WebSocket", ""),
+        ("?transport=sse", "sse", "live · SSE", "Server-Sent Events (forced by ?transport=sse)"),
     ],
     ids=["default-websocket", "forced-websocket", "forced-sse"],
 )
 def test_message_sent_over_http_appears_live(
-    open_page: OpenPage, run_py: RunPy, http: httpx.Client, query: str, transport: str, mode: str, badge: str
+    open_page: OpenPage, run_py: RunPy, http: httpx.Client, query: str, transport: str, badge: str, title: str
 ) -> None:
+    stored_before = put_raw(http, '{"stored": "before the page opened"}')
+    wait_stored(http, 1)
     page = open_page(run_py.url + "/" + query)
     state = page.wait_live(transport)
-    assert (state["text"], state["transport"], state["mode"]) == (badge, transport, mode)
-    assert page.dom_seqs() == []
+    assert (state["text"], state["transport"], state["title"]) == (badge, transport, title)
+    history = page.until(lambda: page.entry(stored_before), "showing the stored message")
 
     # Sent as text: the page must show 1.0 and the big integer exactly as sent.
     first = put_raw(http, '{"hello": "world", "n": 1.0, "big": 12345678901234567890}')
@@ -339,16 +380,31 @@ def test_message_sent_over_http_appears_live(
     assert entry["payload"] == '{\n  "hello": "world",\n  "n": 1.0,\n  "big": 12345678901234567890\n}'
     assert entry["seqText"] == f"#{row['seq']}"
     assert entry["idText"] == first
-    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}", entry["received"]), entry
-    assert entry["store"].startswith("stored ") and entry["screen"].startswith("on screen ")
+    # Date and local time on screen, the UTC text on hover.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}", entry["received"]), entry
+    assert row["received_at"] in entry["receivedTitle"] and "UTC" in entry["receivedTitle"], entry
+    assert entry["store"].startswith("stored ") and entry["screen"].startswith("on screen "), entry
     assert float(entry["storeMs"]) >= 0
+    # A message from the history shows receipt -> stored only: receipt -> screen would be its age.
+    assert history["store"].startswith("stored ") and history["screen"] is None, history
 
     rows = stored(http)
     assert page.seqs() == page.dom_seqs() == [r["seq"] for r in rows]
     final = page.state()
-    assert (final["state"], final["transport"], final["connects"]) == (transport, transport, 1), final
-    assert (final["lastSeq"], final["rendered"]) == (rows[-1]["seq"], 2), final
-    assert final["count"] == "2 messages (2 shown)"
+    assert (final["state"], final["transport"]) == (transport, transport), final
+    assert len(page.streams()) == 1, page.streams()
+    assert final["count"] == "3 messages (3 shown)"
+    page.assert_clean()
+
+
+def test_counts_read_naturally(open_page: OpenPage, run_py: RunPy, http: httpx.Client) -> None:
+    page = open_page(run_py.url + "/")
+    page.wait_live("ws")
+    assert page.state()["count"] == "0 messages (0 shown)"
+    put_raw(http, '{"one": 1}')
+    page.until(lambda: page.state()["count"] == "1 message (1 shown)", "counting one message")
+    page.page.fill("#filter", "nothing like this")
+    page.until(lambda: page.state()["count"] == "1 message (0 shown)", "filtering it out")
     page.assert_clean()
 
 
@@ -371,6 +427,8 @@ class WebSocketRefusingProxy:
         self.port: int = self.listener.getsockname()[1]
         self.refused = 0
         self.passed = 0
+        self.refuse_websockets = True  # a test may lift the refusal: the page should move back
+        self.upgrade_delay_s = 0.0  # a slow handshake once upgrades pass
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -400,11 +458,13 @@ class WebSocketRefusingProxy:
                 if not chunk:
                     return
                 head += chunk
-            if self.UPGRADE.search(head):
+            if self.refuse_websockets and self.UPGRADE.search(head):
                 self.refused += 1
                 client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 return
             self.passed += 1
+            if self.UPGRADE.search(head):
+                time.sleep(self.upgrade_delay_s)
             upstream = self._track(socket.create_connection(("127.0.0.1", self.upstream_port)))
             upstream.sendall(head)
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
@@ -417,7 +477,8 @@ class WebSocketRefusingProxy:
     def _pump(self, source: socket.socket, target: socket.socket, from_client: bool) -> None:
         try:
             while chunk := source.recv(65536):
-                if from_client and self.UPGRADE.search(chunk):  # an upgrade on a kept-alive connection
+                # (an upgrade on a kept-alive connection)
+                if from_client and self.refuse_websockets and self.UPGRADE.search(chunk):
                     self.refused += 1
                     break
                 target.sendall(chunk)
@@ -445,6 +506,10 @@ class WebSocketRefusingProxy:
                 sock.close()
 
 
+# Chromium reports each refused handshake on the console; that is what these tests do on purpose.
+REFUSED_WEBSOCKET = r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws\?after=\d+[^']*' failed: .*\b403\b"
+
+
 def test_falls_back_to_sse_when_websocket_cannot_connect(
     open_page: OpenPage, run_py: RunPy, http: httpx.Client
 ) -> None:
@@ -452,17 +517,11 @@ def test_falls_back_to_sse_when_websocket_cannot_connect(
     wait_stored(http, 1)
     proxy = WebSocketRefusingProxy(run_py.port)
     try:
-        page = open_page(
-            proxy.url + "/",
-            # Chromium reports the refused handshake on the console; that is this test's doing.
-            allow_console=[
-                r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws\?after=\d+' failed: .*\b403\b"
-            ],
-        )
+        page = open_page(proxy.url + "/", allow_console=[REFUSED_WEBSOCKET])
         state = page.wait_live("sse")
-        assert (state["text"], state["transport"], state["mode"]) == ("live · SSE", "sse", "auto")
+        assert (state["text"], state["transport"]) == ("live · SSE", "sse")
         assert state["title"] == "Server-Sent Events (WebSocket unavailable)"
-        assert proxy.refused >= 1 and state["connects"] >= 2, (proxy.refused, state)
+        assert proxy.refused >= 1 and len(page.streams()) >= 2, (proxy.refused, page.streams())
         assert page.tolerated, "the WebSocket was never tried"
         assert page.entry(before) is not None  # history came over REST through the same proxy
 
@@ -473,6 +532,40 @@ def test_falls_back_to_sse_when_websocket_cannot_connect(
         assert page.state()["count"] == "4 messages (4 shown)"
         page.assert_clean()
     finally:
+        proxy.close()
+
+
+def test_moves_back_to_websocket_when_it_works_again(
+    open_page: OpenPage, run_py: RunPy, http: httpx.Client
+) -> None:
+    """After the fallback the page tries WebSocket again now and then; once the proxy lets it
+    through, the page moves back, while messages keep arriving, with no gap and no duplicate."""
+    proxy = WebSocketRefusingProxy(run_py.port)
+    sender = Sender([run_py.url], interval_s=0.02)
+    try:
+        page = open_page(proxy.url + "/", allow_console=[REFUSED_WEBSOCKET])
+        page.wait_live("sse")
+        sender.start()
+        page.until(lambda: page.state()["total"] >= 10, "showing messages over SSE")
+        refused = proxy.refused
+        page.until(lambda: proxy.refused > refused, "trying WebSocket again while on SSE", 30)
+        # A slow handshake: the SSE stream delivers meanwhile what the WebSocket, opened from an
+        # older seq, then replays too; the page must show each of those once.
+        proxy.upgrade_delay_s = 1.0
+        proxy.refuse_websockets = False
+        page.wait_live("ws", 60)
+        shown = page.state()["total"]
+        page.until(lambda: page.state()["total"] >= shown + 20, "showing messages over WebSocket")
+        sender.stop()
+        with httpx.Client(base_url=run_py.url, timeout=10) as client:
+            wait_until(lambda: set(sender.accepted) <= {r["id"] for r in stored(client)}, 30, 0.2)
+            want = [r["seq"] for r in stored(client)]
+        page.until(lambda: page.state()["total"] == len(want), f"showing all {len(want)} stored messages")
+        assert page.seqs() == want
+        assert page.state()["state"] == "ws"
+        page.assert_clean()
+    finally:
+        sender.stop()
         proxy.close()
 
 
@@ -508,7 +601,7 @@ def test_page_resumes_after_the_service_restarts(
     sender.start()
     try:
         # before
-        page.until(lambda: len(page.seqs()) >= 20, "showing messages sent before the restart")
+        page.until(lambda: page.state()["total"] >= 20, "showing messages sent before the restart")
 
         # during: Redis down, the web answers 503 ...
         redis_server.stop()
@@ -521,7 +614,7 @@ def test_page_resumes_after_the_service_restarts(
         )
         assert re.fullmatch(r"reconnecting \(attempt \d+\)", reconnecting["text"]), reconnecting
         assert reconnecting["transport"] is None
-        last_seen = reconnecting["lastSeq"]
+        last_seen = max(page.dom_seqs())  # the newest, on top of the pinned list
 
         # Redis (same port, same append-only file) and a worker return; messages are stored
         # through another web process while the page's own is still down.
@@ -534,7 +627,7 @@ def test_page_resumes_after_the_service_restarts(
                 put_raw(client, json.dumps({"while": "the page was away", "n": n})) for n in range(10)
             ]
             wait_until(lambda: all(client.get(f"/messages/{i}").status_code == 200 for i in while_away), 20)
-        assert page.state()["state"] == "reconnecting" and page.state()["lastSeq"] == last_seen
+        assert page.state()["state"] == "reconnecting" and max(page.dom_seqs()) == last_seen
 
         # after: the page's web process returns on the same port.
         pipeline.start_web(port=port)
@@ -559,22 +652,19 @@ def test_page_resumes_after_the_service_restarts(
 
     with httpx.Client(base_url=url, timeout=10) as client:
         # (compared with what is stored at each look: a write whose outcome was unknown may land late)
-        page.until(
-            lambda: page.seqs() == (want := [r["seq"] for r in stored(client)]) and page.dom_seqs() == want,
-            "showing every stored message once, in seq order",
-            30,
-        )
+        page.until(lambda: page.state()["total"] == len(stored(client)), "counting every stored message", 30)
         want = [r["seq"] for r in stored(client)]
-    assert page.seqs() == page.dom_seqs() == want
-    assert all(page.entry(i) for i in while_away)
+        by_id = {r["id"]: r["seq"] for r in stored(client)}
+    seqs = page.seqs()
+    assert seqs == want
+    assert {by_id[i] for i in while_away} <= set(seqs)
     # It got them by resuming from the last seq it had shown, not by reloading the history.
     history_loads = [u for method, u in page.requests if "/messages?tail=" in u]
     assert len(history_loads) == 1, history_loads
-    stream_urls = page.websockets + [u for method, u in page.requests if "/events?" in u]
-    assert any(u.endswith(f"?after={last_seen}") for u in stream_urls), stream_urls
+    stream_urls = page.streams()
+    assert any(re.search(rf"\?after={last_seen}(&|$)", u) for u in stream_urls), stream_urls
     state = page.state()
     assert state["state"] in ("ws", "sse"), state  # SSE only if it won a race right after the restart
-    assert state["ignored"] == 0, "the server sent a message twice"
     assert state["count"] == f"{len(want)} messages ({len(want)} shown)"
     page.assert_clean()
 
@@ -612,7 +702,7 @@ def test_hostile_payloads_render_as_text(
     assert found["imgs"] == found["scripts"] == found["elementsInPayloads"] == 0, found
     assert found["allScripts"] == [run_py.url + "/static/app.js"], found
     assert not [u for method, u in page.requests if u.endswith("/x")], "the img's src was requested"
-    page.until(lambda: page.state()["rendered"] == 4, "counting four")
+    page.until(lambda: page.state()["total"] == 4, "counting four")
     assert page.dialogs == []
     page.assert_clean()
 
@@ -686,32 +776,50 @@ def test_send_form(open_page: OpenPage, run_py: RunPy, http: httpx.Client) -> No
     page.assert_clean()
 
 
-# ---------------------------------------------------------------- 6. history
+# ---------------------------------------------------------------- 6. history, all of it
 
 
-def test_history_of_500_then_the_newest_500(open_page: OpenPage, run_py: RunPy, http: httpx.Client) -> None:
-    send_many(http, [{"history": n, "note": "stored before the page opened"} for n in range(500)])
-    rows = wait_stored(http, 500)
-    assert len(rows) == 500
+def before_is_supported(client: httpx.Client) -> bool:
+    """Does the server page backwards (``?before=``, SPEC §3)? Needs at least 3 stored messages."""
+    rows = client.get("/messages", params={"limit": 3}).json()
+    answer = client.get("/messages", params={"before": rows[2]["seq"], "limit": 1})
+    return answer.status_code == 200 and [r["seq"] for r in answer.json()] == [rows[1]["seq"]]
+
+
+def test_history_loads_older_down_to_the_first_message(
+    open_page: OpenPage, run_py: RunPy, http: httpx.Client
+) -> None:
+    send_many(http, [{"history": n, "note": "stored before the page opened"} for n in range(1100)])
+    rows = wait_stored(http, 1100, timeout_s=60)
+    if not before_is_supported(http):
+        pytest.skip("the server has no GET /messages?before= yet (CHANNELS builds it)")
 
     page = open_page(run_py.url + "/")
-    page.until(lambda: page.state()["count"] == "500 messages (500 shown)", "counting 500")
-    assert page.seqs() == page.dom_seqs() == [r["seq"] for r in rows]
+    page.until(lambda: page.state()["count"] == "500 messages (500 shown)", "counting the newest 500")
     page.wait_live("ws")
     assert page.wait_newest_visible() == rows[-1]["seq"]
+    older = page.page.locator("#older")
+    status = page.page.locator("#older-status")
+    assert older.is_visible() and status.get_attribute("data-reached-first") == "false"
 
-    # 100 more: the open page gets them live; a page opened now loads only the newest 500.
-    send_many(http, [{"history": n} for n in range(500, 600)])
-    rows = wait_stored(http, 600)
-    page.until(lambda: page.state()["count"] == "600 messages (600 shown)", "counting 600")
-    assert page.seqs() == page.dom_seqs() == [r["seq"] for r in rows]
-    later = open_page(run_py.url + "/")
-    later.until(lambda: later.state()["count"] == "500 messages (500 shown)", "counting the newest 500")
-    assert later.seqs() == later.dom_seqs() == [r["seq"] for r in rows[-500:]]
-    later.wait_live("ws")
-    assert later.wait_newest_visible() == rows[-1]["seq"]
+    older.click()
+    page.until(lambda: page.state()["total"] == 1000, "loading 500 older")
+    older.click()
+    page.until(lambda: page.state()["total"] == 1100, "loading the last 100")
+    page.until(lambda: status.get_attribute("data-reached-first") == "true", "saying it reached the first")
+    assert not older.is_visible()
+    assert status.text_content() == f"All stored messages are here: the oldest is #{rows[0]['seq']}."
+    assert page.seqs() == [r["seq"] for r in rows]
+    # Three reads: the newest 500, then two pages going back, each below the oldest on the page.
+    reads = [u for method, u in page.requests if "/messages?" in u]
+    assert len(reads) == 3 and "tail=500" in reads[0], reads
+    assert f"before={rows[600]['seq']}" in reads[1] and f"before={rows[100]['seq']}" in reads[2], reads
+
+    # Live messages still land on top while the oldest are loaded.
+    late = put_raw(http, '{"late": true}')
+    page.until(lambda: page.entry(late), "showing a live message on top")
+    assert page.state()["count"] == "1101 messages (1101 shown)"
     page.assert_clean()
-    later.assert_clean()
 
 
 # ---------------------------------------------------------------- 7. 200 messages/s
@@ -730,11 +838,10 @@ def test_200_messages_per_second_arrive_once_each(
     rows = wait_stored(http, 1000, timeout_s=30)
     want = [r["seq"] for r in rows]
     assert {r["id"] for r in rows} == set(accepted)
-    page.until(lambda: page.state()["rendered"] >= 1000, f"showing 1000 (sent in {took:.1f}s)", 30)
-    assert page.seqs() == page.dom_seqs() == want
+    page.until(lambda: page.state()["total"] >= 1000, f"showing 1000 (sent in {took:.1f}s)", 30)
+    assert page.seqs() == want
     state = page.wait_live("ws")  # it may have resumed meanwhile (a 1013 on a busy machine): that is allowed
     assert state["count"] == "1000 messages (1000 shown)"
-    assert state["ignored"] == 0, state
     page.assert_clean()
 
 
@@ -752,7 +859,7 @@ def test_filter_counter_and_pause(open_page: OpenPage, run_py: RunPy, http: http
     page.until(lambda: count.text_content() == "5 messages (3 shown)", "filtering to 3")
     page.page.fill("#filter", "no such text")
     page.until(lambda: count.text_content() == "5 messages (0 shown)", "filtering to 0")
-    assert page.page.locator("#empty").text_content() == "No message matches the filter."
+    assert page.page.locator("#empty").inner_text() == "No message matches the filter."
     page.page.fill("#filter", "")
     page.until(lambda: count.text_content() == "5 messages (5 shown)", "showing all again")
 
@@ -783,31 +890,478 @@ def test_readable_on_a_phone(open_page: OpenPage, run_py: RunPy, http: httpx.Cli
     page.assert_clean()
 
 
-# ---------------------------------------------------------------- the README's screenshot
+# ---------------------------------------------------------------- inspector: copy, raw, chart, empty state
+
+# Duplicate keys, 1.0, a big integer, an escape and a single quote (for the shell), spaced oddly.
+ODD = '{"a": 1.0, "a": 2,  "big": 123456789012345678901234567890, "s": "it\'s \\u00e9 <b>x</b>"}'
+CLIPBOARD_JS = "() => navigator.clipboard.readText()"
 
 
-def test_screenshot(open_page: OpenPage, run_py: RunPy, http: httpx.Client, tmp_path: Path) -> None:
-    """The page with a few realistic messages, live over WebSocket (docs/screenshot.png)."""
+def entry_button(page: Watched, message_id: str, css: str) -> Any:
+    return page.page.locator(f'#messages li.msg[data-id="{message_id}"] button.{css}')
+
+
+def run_shell(command: str) -> dict[str, Any]:
+    """Runs a command as pasted into a shell; its JSON answer."""
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, (command, done.stdout, done.stderr)
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
+def test_copy_payload_and_copy_as_curl(open_page: OpenPage, run_py: RunPy, http: httpx.Client) -> None:
+    page = open_page(run_py.url + "/", clipboard=True)
+    page.wait_live("ws")
+    message_id = put_raw(http, ODD)
+    page.until(lambda: page.entry(message_id), "showing the message")
+
+    copy = entry_button(page, message_id, "copy")
+    copy.click()
+    page.until(lambda: copy.text_content() == "Copied ✓", "saying it copied")
+    assert page.evaluate(CLIPBOARD_JS) == ODD  # the stored text, byte for byte
+
+    curl = entry_button(page, message_id, "copy-curl")
+    curl.click()
+    page.until(lambda: curl.text_content() == "Copied ✓", "saying it copied the command")
+    command = page.evaluate(CLIPBOARD_JS)
+    assert command.startswith(f"curl -X POST '{run_py.url}/messages' "), command
+    assert "Authorization" not in command  # this server needs no ingest token
+    resent = run_shell(command)["id"]
+    page.until(lambda: page.entry(resent), "showing the message the curl command sent")
+    assert ODD in http.get(f"/messages/{resent}").text  # stored exactly as the original
+    page.assert_clean()
+
+
+def test_raw_view_shows_the_text_as_stored(open_page: OpenPage, run_py: RunPy, http: httpx.Client) -> None:
     page = open_page(run_py.url + "/")
     page.wait_live("ws")
-    documents = [
-        '{"sensor": "greenhouse-3", "temperature_c": 21.5, "humidity": 0.63, "battery": 0.91}',
-        '{"type": "deploy", "service": "api", "version": "2026.11.27-3", "status": "succeeded"}',
-        '"a plain string is JSON too"',
-        '{"event": "order.created", "order": "A-10293", "total": 59.90, "currency": "EUR",'
-        ' "items": [{"sku": "TEA-GREEN-100", "qty": 2}, {"sku": "MUG-01", "qty": 1}]}',
-    ]
-    ids = [put_raw(http, text) for text in documents]
-    page.until(lambda: all(page.entry(i) for i in ids), "showing the messages")
-    page.page.fill("#send-body", '{"hello": "world", "from": "the form"}')
+    text = '{"k": 1.0, "k": 2, "n": 12345678901234567890123, "nested": {"k": [1.50, 2e3, {}]}}'
+    message_id = put_raw(http, text)
+    entry = page.until(lambda: page.entry(message_id), "showing the message")
+    assert entry["view"] == "pretty"
+    assert entry["payload"] == (
+        '{\n  "k": 1.0,\n  "k": 2,\n  "n": 12345678901234567890123,\n  "nested": {\n    "k": [\n'
+        "      1.50,\n      2e3,\n      {}\n    ]\n  }\n}"
+    )
+    toggle = entry_button(page, message_id, "view-raw")
+    assert (toggle.text_content(), toggle.get_attribute("aria-pressed")) == ("Raw", "false")
+    toggle.click()
+    entry = page.until(lambda: (e := page.entry(message_id)) and e["view"] == "raw" and e, "showing it raw")
+    assert entry["payload"] == text  # duplicate keys, 1.0 and the big number as stored
+    assert (toggle.text_content(), toggle.get_attribute("aria-pressed")) == ("Pretty", "true")
+    toggle.click()
+    page.until(lambda: (page.entry(message_id) or {}).get("view") == "pretty", "back to the pretty view")
+    page.assert_clean()
+
+
+def canvas_picture(page: Watched) -> str:
+    picture: str = page.evaluate("() => document.getElementById('chart').toDataURL()")
+    return picture
+
+
+def test_chart_moves_while_messages_arrive(open_page: OpenPage, run_py: RunPy, http: httpx.Client) -> None:
+    page = open_page(run_py.url + "/")
+    page.wait_live("ws")
+    figures = page.page.locator("#chart-figures")
+    page.until(lambda: "msg/s" in (figures.text_content() or ""), "drawing the chart")
+    assert figures.get_attribute("data-last-minute") == "0"
+    assert figures.get_attribute("data-p50-ms") == ""
+    quiet = canvas_picture(page)
+
+    send_many(http, [{"tick": n} for n in range(60)], per_second=30)
+    page.until(lambda: figures.get_attribute("data-last-minute") == "60", "counting 60 in the last minute")
+    text = figures.text_content() or ""
+    assert "60 messages in the last minute" in text, text
+    assert re.search(r"p50 [\d.]+ (ms|s), p99 [\d.]+ (ms|s)", text), text
+    assert float(figures.get_attribute("data-p99-ms") or "nan") >= float(
+        figures.get_attribute("data-p50-ms") or "nan"
+    )
+    assert canvas_picture(page) != quiet  # the bars and lines were drawn
+    page.assert_clean()
+
+
+def test_empty_state_curl_lands_a_message(open_page: OpenPage, run_py: RunPy) -> None:
+    page = open_page(run_py.url + "/")
+    page.wait_live("ws")
+    empty = page.page.locator("#empty")
+    assert empty.is_visible()
+    command = page.page.locator("#empty-curl").text_content() or ""
+    assert command.startswith(f"curl -X POST '{run_py.url}/messages' "), command
+    message_id = run_shell(command)["id"]
+    entry = page.until(lambda: page.entry(message_id), "showing the message sent by the pasted command")
+    assert entry["payload"] == '{\n  "hello": "world"\n}'
+    assert not empty.is_visible()
+    page.assert_clean()
+
+
+# ---------------------------------------------------------------- 10,000 messages
+
+FILTER_JS = """async (text) => {
+  const input = document.getElementById("filter"), count = document.getElementById("count");
+  const frame = () => new Promise((resolve) => requestAnimationFrame(() => resolve()));
+  const before = count.textContent, started = performance.now();
+  input.value = text;
+  input.dispatchEvent(new Event("input", {bubbles: true}));
+  // (each filter here changes the count, so a changed count is the answer)
+  while (count.textContent === before) await frame();
+  await frame();   // the frame that shows the filtered list
+  return {ms: performance.now() - started, count: count.textContent};
+}"""
+SCROLL_JS = """async () => {
+  const list = document.getElementById("messages");
+  const frame = () => new Promise((resolve) => requestAnimationFrame(() => resolve()));
+  list.scrollTop = 0;
+  await frame(); await frame();
+  const gaps = [];
+  let last = performance.now();
+  for (let i = 0; i < 300; i++) {
+    // mostly steady scrolling, now and then a jump (dragging the scroll bar)
+    list.scrollTop = i % 50 === 49 ? Math.random() * list.scrollHeight : list.scrollTop + 250;
+    await frame();
+    const now = performance.now();
+    gaps.push(now - last);
+    last = now;
+  }
+  const shown = Array.from(list.querySelectorAll("li.msg"), (li) => Number(li.dataset.seq));
+  gaps.sort((a, b) => a - b);
+  return {p50: gaps[Math.floor(gaps.length * 0.5)], p95: gaps[Math.floor(gaps.length * 0.95)],
+          max: gaps[gaps.length - 1], frames: gaps.length, drawn: shown.length};
+}"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_10000_messages_filter_and_scroll_stay_smooth(
+    open_page: OpenPage, run_py: RunPy, http: httpx.Client
+) -> None:
+    """SPEC §5: with 10,000 messages on the page, filtering answers within 300 ms and scrolling
+    keeps the p95 frame time under 50 ms (headless Chromium on the shared 2-core machine).
+    The messages arrive live, so this holds whether or not the server can page back."""
+    page = open_page(run_py.url + "/")
+    page.wait_live("ws")
+    cities = ["Oslo", "Lima", "Pune", "Kyiv"]
+    started = time.monotonic()
+    accepted = send_many(
+        http, [{"n": n, "city": cities[n % 4], "note": "ten thousand"} for n in range(10_000)]
+    )
+    assert len(accepted) == 10_000
+    print(f"\n10,000 sent in {time.monotonic() - started:.0f} s")
+    page.until(lambda: page.state()["total"] == 10_000, "holding 10,000 messages", 300)
+
+    timings = []
+    for text, want in [("oslo", 2500), ('"n": 9999,', 1), ("kyiv", 2500), ("", 10_000)]:
+        result = page.evaluate(FILTER_JS, text)
+        assert result["count"] == f"10000 messages ({want} shown)", result
+        timings.append(result["ms"])
+    scroll = page.evaluate(SCROLL_JS)
+    print(
+        f"\nPAGE 10k: filter ms {[round(t) for t in timings]}; scroll frame ms p50 {scroll['p50']:.1f}"
+        f" p95 {scroll['p95']:.1f} max {scroll['max']:.1f} over {scroll['frames']} frames;"
+        f" entries in the DOM {scroll['drawn']}"
+    )
+    assert max(timings) < 300, timings
+    assert scroll["p95"] < 50, scroll
+    assert scroll["drawn"] < 200, scroll  # windowed: only what is near the view
+    page.assert_clean()
+
+
+# ---------------------------------------------------------------- channels (SPEC §9)
+
+
+def channels_supported(client: httpx.Client) -> bool:
+    return client.get("/channels").status_code == 200
+
+
+def post_to(client: httpx.Client, channel: str, text: str, **headers: str) -> str:
+    response = client.post(f"/channels/{channel}/messages", content=text, headers=headers)
+    assert response.status_code == 202, response.text
+    message_id: str = response.json()["id"]
+    return message_id
+
+
+def option_values(page: Watched) -> list[str]:
+    values: list[str] = page.evaluate(
+        "() => Array.from(document.getElementById('channel').options, o => o.value)"
+    )
+    return values
+
+
+def test_channel_picker(open_page: OpenPage, run_py: RunPy, http: httpx.Client) -> None:
+    if not channels_supported(http):
+        pytest.skip("the server has no GET /channels yet (CHANNELS builds channels)")
+    order = post_to(http, "orders", '{"order": 1}')
+    hit = post_to(http, "web", '{"hit": 1}')
+    put_raw(http, '{"plain": 1}')
+    wait_stored(http, 3)
+
+    page = open_page(run_py.url + "/?channel=orders")
+    page.wait_live("ws")
+    page.until(lambda: page.entry(order), "showing the orders message")
+    assert page.state()["count"] == "1 message (1 shown)"
+    page.until(lambda: option_values(page) == ["", "default", "orders", "web"], "listing the channels")
+    assert page.page.locator("#channel").input_value() == "orders"
+    assert all("channel=orders" in u for u in page.streams()), page.streams()
+    assert page.page.locator("#send-target").text_content() == "/channels/orders/messages"
+
+    # Live: only this channel; the form writes to it.
+    post_to(http, "web", '{"hit": 2}')
+    second = post_to(http, "orders", '{"order": 2}')
+    page.until(lambda: page.entry(second), "showing the second order")
+    page.page.fill("#send-body", '{"order": "from the form"}')
     page.page.click("#send-button")
     result = page.page.locator("#send-result")
     page.until(lambda: "on screen as" in (result.text_content() or ""), "showing the form's message")
-    page.wait_newest_visible()
-    page.page.wait_for_timeout(300)  # let the last frame settle for the picture (not an assertion)
-    update = os.environ.get("UPDATE_SCREENSHOT") == "1"
-    target = ROOT / "docs" / "screenshot.png" if update else tmp_path / "screenshot.png"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    page.page.screenshot(path=str(target))
-    assert target.read_bytes().startswith(b"\x89PNG")
+    sent = result.get_attribute("data-id") or ""
+    assert http.get(f"/messages/{sent}").json()["channel"] == "orders"
+    assert page.state()["count"] == "3 messages (3 shown)"
+    assert page.entry(hit) is None
+
+    # All channels: a new channel is learnt as its first message arrives.
+    everything = open_page(run_py.url + "/")
+    everything.wait_live("ws")
+    fresh = post_to(http, "brand-new", '{"first": true}')
+    entry = everything.until(lambda: everything.entry(fresh), "showing the new channel's message")
+    assert entry["chan"] == "brand-new"
+    everything.until(lambda: "brand-new" in option_values(everything), "learning the new channel")
+
+    # Choosing a channel is a bookmarkable address.
+    everything.page.select_option("#channel", "web")
+    everything.page.wait_for_url(re.compile(r"/\?channel=web$"))
+    everything.wait_live("ws")
+    everything.until(lambda: everything.entry(hit), "showing the web channel")
+    assert everything.state()["count"] == "2 messages (2 shown)"
     page.assert_clean()
+    everything.assert_clean()
+
+
+# ---------------------------------------------------------------- sign-in (SPEC §8)
+
+READ_TOKEN = "read-secret-token"
+INGEST_TOKEN = "ingest-secret-token"
+
+
+@pytest.fixture
+def private_run_py(tmp_path: Path) -> Iterator[RunPy]:
+    service = RunPy(tmp_path / "data", free_port(), READ_TOKEN=READ_TOKEN, INGEST_TOKEN=INGEST_TOKEN).start()
+    yield service
+    service.stop()
+    print("".join(service.output[-300:]))
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+def test_sign_in_then_history_live_and_form(
+    open_page: OpenPage, private_run_py: RunPy, transport: str
+) -> None:
+    url = private_run_py.url
+    writer = httpx.Client(base_url=url, timeout=10, headers={"Authorization": f"Bearer {INGEST_TOKEN}"})
+    with writer:
+        session = httpx.get(f"{url}/session", timeout=10)
+        if session.status_code == 404:
+            pytest.skip("the server has no /session yet (ACCESS builds sign-in)")
+        assert session.json()["read_token_required"] is True
+        before = put_raw(writer, '{"stored": "before signing in"}')
+        reader = {"Authorization": f"Bearer {READ_TOKEN}"}
+        wait_until(lambda: len(httpx.get(f"{url}/messages", headers=reader).json()) == 1, 15)
+
+        page = open_page(
+            url + ("/?transport=sse" if transport == "sse" else "/"),
+            # The wrong token's 401 is logged by Chromium as a failed load.
+            allow_console=[r"^Failed to load resource: the server responded with a status of 401\b"],
+        )
+        signin = page.page.locator("#signin")
+        page.until(lambda: signin.is_visible(), "asking to sign in")
+        assert not page.page.locator("#main").is_visible()
+        page.page.fill("#signin-token", "wrong")
+        page.page.click("#signin-button")
+        result = page.page.locator("#signin-result")
+        page.until(lambda: result.text_content() == "That token was not accepted.", "refusing a wrong token")
+        page.page.fill("#signin-token", READ_TOKEN)
+        page.page.click("#signin-button")
+        page.wait_live(transport)
+        assert not signin.is_visible()
+        page.until(lambda: page.entry(before), "showing the history")
+        assert "Authorization: Bearer <INGEST_TOKEN>" in (
+            page.page.locator("#empty-curl").text_content() or ""
+        )
+
+        live = put_raw(writer, '{"sent": "live"}')
+        page.until(lambda: page.entry(live), "showing a live message")
+
+        # The form sends the ingest token it was given.
+        page.page.click("details.token summary")
+        page.page.fill("#send-token", INGEST_TOKEN)
+        page.page.fill("#send-body", '{"from": "the signed-in form"}')
+        page.page.click("#send-button")
+        sent = page.page.locator("#send-result")
+        page.until(lambda: "on screen as" in (sent.text_content() or ""), "showing the form's message")
+        assert page.state()["count"] == "3 messages (3 shown)"
+        urls = [u for _, u in page.requests] + page.websockets
+        assert not [u for u in urls if READ_TOKEN in u or INGEST_TOKEN in u], "a token went into a URL"
+
+        page.page.click("#signout")
+        page.until(lambda: signin.is_visible(), "asking to sign in again after signing out")
+        assert httpx.get(f"{url}/messages", timeout=10).status_code == 401
+        page.assert_clean()
+
+
+# ---------------------------------------------------------------- retention gaps (SPEC §10)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_gap_is_told(open_page: OpenPage, redis_server: RedisServer, pipeline: Pipeline) -> None:
+    """The page's web process goes away; meanwhile more messages arrive than retention keeps,
+    so when the page resumes the server says a gap: the page tells how many were missed."""
+    pipeline.env["RETENTION_MAX_MESSAGES"] = "3"  # for every process started here
+    url = pipeline.start_web()
+    port = int(url.rsplit(":", 1)[1])
+    pipeline.start_worker()
+    pipeline.wait_healthy(url)
+    with httpx.Client(base_url=url, timeout=10) as client:
+        ids = [put_raw(client, json.dumps({"before": n})) for n in range(5)]
+        # all five stored (200), or stored and purged already (404): none still queued (202)
+        wait_until(lambda: all(client.get(f"/messages/{i}").status_code != 202 for i in ids), 15)
+        try:  # SPEC §10: purged within a minute of becoming due
+            wait_until(lambda: len(stored(client)) == 3, 75, 1)
+        except AssertionError:
+            pytest.skip("the worker does not purge yet (RETENTION_MAX_MESSAGES, SPEC §10)")
+        first = put_raw(client, '{"n": 0}')
+        wait_until(lambda: (rows := stored(client)) and len(rows) == 3 and rows[-1]["id"] == first, 75, 0.5)
+    page = open_page(
+        url + "/",
+        allow_console=[
+            r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws\?after=\d+[^']*' failed: "
+            r"Error in connection establishment: net::ERR_CONNECTION_REFUSED$",
+            r"^Failed to load resource: net::ERR_CONNECTION_REFUSED$",
+        ],
+    )
+    page.wait_live("ws")
+    page.until(lambda: page.entry(first), "showing the first message")
+    seen = page.until(lambda: page.entry(first), "reading its seq")["seq"]
+
+    web, _ = pipeline.webs[0]
+    stop_process(web)
+    page.until(lambda: page.state()["state"] == "reconnecting", "reconnecting")
+    other = pipeline.start_web()
+    with httpx.Client(base_url=other, timeout=10) as client:
+        for n in range(1, 11):
+            put_raw(client, json.dumps({"n": n}))
+        kept = wait_until(lambda: (rows := stored(client)) and len(rows) == 3 and rows, 90)
+    pipeline.start_web(port=port)
+    gap = page.page.locator("#gap")
+    page.until(lambda: gap.is_visible(), "telling the gap", 30)
+    missed = kept[0]["seq"] - seen - 1
+    assert gap.get_attribute("data-missed") == str(missed)
+    assert f"Missed {missed} messages" in (page.page.locator("#gap-text").text_content() or "")
+    page.until(lambda: page.state()["total"] == 6, "showing the three it had and the three kept")
+    page.assert_clean()
+
+
+@pytest.mark.slow
+def test_reset_is_told_and_the_list_reloaded(
+    open_page: OpenPage, redis_server: RedisServer, pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """The database is replaced under the open page (a new epoch): when the page resumes, the
+    server says reset; the page says so, drops what it showed and loads the new history."""
+    url = pipeline.start_web()
+    port = int(url.rsplit(":", 1)[1])
+    pipeline.start_worker()
+    pipeline.wait_healthy(url)
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for n in range(3):
+            put_raw(client, json.dumps({"old": n}))
+        wait_stored(client, 3)
+        if "pipeline-epoch" not in client.get("/messages").headers:
+            pytest.skip(
+                "the server has no database epoch yet (Pipeline-Epoch, ?epoch=, reset events: SPEC §10)"
+            )
+    page = open_page(
+        url + "/",
+        allow_console=[
+            r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws\?after=\d+[^']*' failed: "
+            r"Error in connection establishment: net::ERR_CONNECTION_REFUSED$",
+            r"^Failed to load resource: net::ERR_CONNECTION_REFUSED$",
+        ],
+    )
+    page.wait_live("ws")
+    page.until(lambda: page.state()["total"] == 3, "showing the three old messages")
+
+    pipeline.stop()
+    for path in tmp_path.glob("pipeline.db*"):
+        path.unlink()
+    pipeline.start_worker()
+    pipeline.start_web(port=port)
+    pipeline.wait_healthy(url)
+    with httpx.Client(base_url=url, timeout=10) as client:
+        fresh = put_raw(client, '{"new": "database"}')
+        wait_stored(client, 1)
+    gap = page.page.locator("#gap")
+    page.until(lambda: gap.is_visible(), "telling the reset", 30)
+    assert "history was reset" in (page.page.locator("#gap-text").text_content() or "")
+    page.until(lambda: page.entry(fresh), "showing the new database's message")
+    assert page.state()["count"] == "1 message (1 shown)"
+    page.assert_clean()
+
+
+# ---------------------------------------------------------------- the README's screenshots
+
+
+SCREENSHOT_DOCUMENTS = [
+    '{"sensor": "greenhouse-3", "temperature_c": 21.5, "humidity": 0.63, "battery": 0.91}',
+    '{"type": "deploy", "service": "api", "version": "2026.11.27-3", "status": "succeeded"}',
+    '"a plain string is JSON too"',
+    '{"event": "order.created", "order": "A-10293", "total": 59.90, "currency": "EUR",'
+    ' "items": [{"sku": "TEA-GREEN-100", "qty": 2}, {"sku": "MUG-01", "qty": 1}]}',
+    '{"webhook": "payment", "amount": 1.0, "amount": 1.00, "id": 123456789012345678901234567890}',
+]
+
+
+def test_screenshots(open_page: OpenPage, run_py: RunPy, http: httpx.Client, tmp_path: Path) -> None:
+    """The README's pictures (docs/page-*.png): live, history, raw view, dark mode, phone width."""
+    update = os.environ.get("UPDATE_SCREENSHOT") == "1"
+    folder = ROOT / "docs" if update else tmp_path
+
+    def shoot(page: Watched, name: str) -> None:
+        page.page.wait_for_timeout(1200)  # the chart redraws each second (not an assertion)
+        target = folder / f"page-{name}.png"
+        page.page.screenshot(path=str(target))
+        assert target.read_bytes().startswith(b"\x89PNG")
+
+    send_many(http, [{"reading": n, "sensor": f"s-{n % 3}", "value": n * 1.5} for n in range(40)])
+    wait_stored(http, 40)
+    live = open_page(run_py.url + "/")
+    live.wait_live("ws")
+    send_many(http, [{"tick": n, "source": "load test"} for n in range(60)], per_second=12)
+    ids = [put_raw(http, text) for text in SCREENSHOT_DOCUMENTS]
+    live.until(lambda: all(live.entry(i) for i in ids), "showing the messages")
+    live.page.fill("#send-body", '{"hello": "world", "from": "the form"}')
+    live.page.click("#send-button")
+    result = live.page.locator("#send-result")
+    live.until(lambda: "on screen as" in (result.text_content() or ""), "showing the form's message")
+    live.wait_newest_visible()
+    shoot(live, "live")
+
+    entry_button(live, ids[-1], "view-raw").click()
+    live.until(lambda: (live.entry(ids[-1]) or {}).get("view") == "raw", "showing the raw text")
+    shoot(live, "raw")
+
+    history = open_page(run_py.url + "/")
+    history.wait_live("ws")
+    for _ in range(3):  # to the oldest: heights measured on the way may lengthen the list
+        history.page.evaluate("() => { const l = document.getElementById('messages'); l.scrollTop = 1e9; }")
+        history.page.wait_for_timeout(200)
+    history.until(
+        lambda: history.page.locator("#older-status").get_attribute("data-reached-first") == "true",
+        "reaching the first message",
+    )
+    shoot(history, "history")
+
+    dark = open_page(run_py.url + "/", color_scheme="dark")
+    dark.wait_live("ws")
+    shoot(dark, "dark")
+
+    phone = open_page(run_py.url + "/", viewport=PHONE)
+    phone.wait_live("ws")
+    shoot(phone, "phone")
+    for page in (live, history, dark, phone):
+        page.assert_clean()
