@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator
 from pathlib import Path
+from typing import cast
 
 from quart import Quart, Response, current_app
 from werkzeug.exceptions import HTTPException
 
 from . import api, bus, live, ops
+from .access import Access
+from .asgi import ASGIApp
 from .config import Settings
 from .hub import Hub, buffer_bytes
 from .problems import Problem, problem_response
@@ -35,6 +38,8 @@ def create_app(settings: Settings) -> Quart:
     app.register_blueprint(live.blueprint)
     ops.register(app, settings)  # /metrics, /openapi.json, /problems/<kind>
     _register_error_handlers(app)
+    # The same checks web.py puts before everything, for whoever serves this app directly.
+    app.asgi_app = Access(cast(ASGIApp, app.asgi_app), settings)  # type: ignore[method-assign, assignment]
 
     @app.while_serving
     async def lifecycle() -> AsyncGenerator[None, None]:

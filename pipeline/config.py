@@ -7,6 +7,7 @@ entry points print before exiting, so a misconfigured process stops at start.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,7 +33,8 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path("data"))
     database_url: str = ""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    ingest_token: str | None = None
+    # Bearer tokens that may write; empty means writes are open (comma-separated in INGEST_TOKEN).
+    ingest_tokens: tuple[str, ...] = ()
     # None means "the page's own host only"; "*" in the set allows any origin.
     allowed_origins: frozenset[str] | None = None
     ping_interval_s: float = 15.0
@@ -49,6 +51,10 @@ class Settings:
     retention_max_age_s: float | None = None
     # METRICS=0 turns off /metrics and its counters (the benchmark measures their cost).
     metrics_enabled: bool = True
+    # Bearer tokens that may read (and sign in to the page); empty means reads are open.
+    read_tokens: tuple[str, ...] = ()
+    # None means "by HOST": only loopback names when listening on loopback, else any; "*" any.
+    allowed_hosts: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -76,7 +82,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         data_dir=data_dir,
         database_url=_database_url(get("DATABASE_URL")),
         max_body_bytes=_int("MAX_BODY_BYTES", get("MAX_BODY_BYTES"), DEFAULT_MAX_BODY_BYTES, low=1),
-        ingest_token=get("INGEST_TOKEN"),
+        ingest_tokens=_tokens("INGEST_TOKEN", get("INGEST_TOKEN")),
         allowed_origins=_origins(get("ALLOWED_ORIGINS")),
         ping_interval_s=_float("PING_INTERVAL_S", get("PING_INTERVAL_S"), 15.0, low=0.05),
         web_concurrency=_int("WEB_CONCURRENCY", get("WEB_CONCURRENCY"), 1, low=1, high=64),
@@ -87,6 +93,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         retention_max_messages=_optional_int("RETENTION_MAX_MESSAGES", get("RETENTION_MAX_MESSAGES")),
         retention_max_age_s=_duration("RETENTION_MAX_AGE", get("RETENTION_MAX_AGE")),
         metrics_enabled=_flag("METRICS", get("METRICS"), True),
+        read_tokens=_tokens("READ_TOKEN", get("READ_TOKEN")),
+        allowed_hosts=_hosts(get("ALLOWED_HOSTS")),
     )
 
 
@@ -205,6 +213,43 @@ def _origins(raw: str | None) -> frozenset[str] | None:
     return frozenset(origins)
 
 
+def _tokens(name: str, raw: str | None) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    tokens = tuple(dict.fromkeys(item.strip() for item in raw.split(",") if item.strip()))
+    if not tokens:
+        raise ConfigError(f"{name}: empty list")
+    for token in tokens:
+        # What fits in "Authorization: Bearer <token>" unchanged: visible ASCII, no spaces.
+        if not all("!" <= char <= "~" for char in token):
+            raise ConfigError(f"{name}: tokens must be visible ASCII characters without spaces")
+    return tokens
+
+
+# A host name or address as it appears in a Host header, without the port.
+HOST_NAME = re.compile(r"(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])", re.IGNORECASE)
+
+
+def _hosts(raw: str | None) -> frozenset[str] | None:
+    if raw is None:
+        return None
+    hosts = set()
+    for item in raw.split(","):
+        host = item.strip().lower()
+        if not host:
+            continue
+        name = host[1:] if host.startswith(".") else host
+        if host != "*" and not HOST_NAME.fullmatch(name):
+            raise ConfigError(
+                f"ALLOWED_HOSTS: expected comma-separated host names (no port) like example.com, "
+                f".example.com or [::1], got {item.strip()!r}"
+            )
+        hosts.add(host)
+    if not hosts:
+        raise ConfigError("ALLOWED_HOSTS: empty list")
+    return frozenset(hosts)
+
+
 def child_environ(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a child process that must see exactly these settings."""
     env = dict(os.environ if environ is None else environ)
@@ -222,8 +267,12 @@ def child_environ(settings: Settings, environ: Mapping[str, str] | None = None) 
     )
     if settings.redis_url:
         env["REDIS_URL"] = settings.redis_url
-    if settings.ingest_token:
-        env["INGEST_TOKEN"] = settings.ingest_token
+    if settings.ingest_tokens:
+        env["INGEST_TOKEN"] = ",".join(settings.ingest_tokens)
+    if settings.read_tokens:
+        env["READ_TOKEN"] = ",".join(settings.read_tokens)
+    if settings.allowed_hosts is not None:
+        env["ALLOWED_HOSTS"] = ",".join(sorted(settings.allowed_hosts))
     if settings.allowed_origins is not None:
         env["ALLOWED_ORIGINS"] = ",".join(sorted(settings.allowed_origins))
     return env

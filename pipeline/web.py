@@ -16,6 +16,7 @@ from hypercorn.config import Config
 from hypercorn.typing import ASGIFramework
 
 from . import contracts
+from .access import Access
 from .app import close_streams, create_app
 from .config import Settings
 from .front import Front
@@ -58,8 +59,9 @@ async def serve(settings: Settings, listener: socket.socket) -> None:
         await stopping.wait()
         close_streams(app)
 
-    # Ingest and WebSocket streams are served in front of Quart (see front.py).
-    served = cast(ASGIFramework, Front(app))
+    # Ingest and WebSocket streams are served in front of Quart (see front.py); the access
+    # checks (access.py) come before both.
+    served = cast(ASGIFramework, Access(Front(app), settings))
     config = hypercorn_config(settings, shared_port=listener)
     try:
         await hypercorn_serve(served, config, shutdown_trigger=shutdown_trigger)

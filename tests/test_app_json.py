@@ -11,10 +11,10 @@ from typing import Any
 from pipeline.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-# Settings of SPEC §8 that app.json declares and other branches read (ACCESS: READ_TOKEN,
-# ALLOWED_HOSTS; BOUNDS: MAX_STREAMS, MAX_BODIES_IN_FLIGHT_BYTES); not read on this branch yet.
+# Settings of SPEC §8 that app.json declares and other branches read (BOUNDS: MAX_STREAMS,
+# MAX_BODIES_IN_FLIGHT_BYTES); not read on this branch yet.
 # The lead empties this set as those branches are merged.
-PENDING = {"READ_TOKEN", "ALLOWED_HOSTS", "MAX_STREAMS", "MAX_BODIES_IN_FLIGHT_BYTES"}
+PENDING = {"MAX_STREAMS", "MAX_BODIES_IN_FLIGHT_BYTES"}
 
 
 def _app() -> dict[str, Any]:

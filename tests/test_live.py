@@ -138,8 +138,12 @@ def test_allowed_origins_setting(pipeline: Pipeline) -> None:
     ws = url.replace("http://", "ws://") + "/ws"
     with connect(ws, origin="https://app.example") as allowed:  # type: ignore[arg-type]
         allowed.ping().wait(5)
-    with pytest.raises(InvalidStatus), connect(ws, origin=url):  # type: ignore[arg-type]
+    # The page's own origin stays allowed: the setting adds origins, it cannot lock the page out.
+    with connect(ws, origin=url) as own:  # type: ignore[arg-type]
+        own.ping().wait(5)
+    with pytest.raises(InvalidStatus) as refused, connect(ws, origin="https://third.example"):  # type: ignore[arg-type]
         pass
+    assert refused.value.response.status_code == 403
 
 
 def test_bad_after_is_400(client: httpx.Client) -> None:
