@@ -114,7 +114,7 @@ def test_body_over_the_limit_is_413(pipeline: Pipeline) -> None:
         # the limit is crossed and closes, so read the answer over a raw socket.
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.sendall(b"PUT /messages HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            sock.sendall(b"PUT /messages HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
             with contextlib.suppress(OSError):
                 for chunk in [b'"'] + [b"x" * 100] * 100 + [b'"']:
                     sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))

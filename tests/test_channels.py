@@ -667,3 +667,24 @@ def test_seq_is_never_reused_after_the_newest_rows_are_deleted(
         assert newest["seq"] > rows[-1]["seq"]
     finally:
         pipeline.stop()
+
+
+def test_read_and_ingest_tokens_cover_the_channel_routes(pipeline: Pipeline) -> None:
+    url = pipeline.start_web(READ_TOKEN="reader-token", INGEST_TOKEN="writer-token")
+    pipeline.start_worker()
+    read = {"Authorization": "Bearer reader-token"}
+    write = {"Authorization": "Bearer writer-token"}
+    with httpx.Client(base_url=url, timeout=10) as client:
+        assert client.post("/channels/a/messages", content="1").status_code == 401
+        assert client.post("/channels/a/messages", content="1", headers=read).status_code == 401
+        assert client.put("/channels/a/messages", content="1", headers=write).status_code == 202
+        for path in ["/channels", "/channels/a/messages", "/messages?channel=a", "/events?channel=a"]:
+            refused = client.get(path)
+            assert refused.status_code == 401, path
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert client.get(path, headers=write).status_code == 401, path
+        wait_until(lambda: client.get("/channels", headers=read).json(), timeout_s=15)
+        assert [row["payload"] for row in client.get("/channels/a/messages", headers=read).json()] == [1]
+        with pytest.raises(InvalidStatus) as refused_ws, connect(url.replace("http", "ws") + "/ws?channel=a"):
+            pass
+        assert refused_ws.value.response.status_code == 401
