@@ -321,6 +321,32 @@ def test_redis_paused_mid_enqueue_stores_nothing_of_the_batch(
     assert [row["id"] for row in stored(client)] == first + resumed
 
 
+def test_a_batch_is_announced_in_one_notification(service: tuple[Pipeline, httpx.Client]) -> None:
+    pipeline, client = service
+    r = redis.Redis.from_url(pipeline.redis_url)
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe("pipeline:messages")
+        wait_until(lambda: r.pubsub_numsub("pipeline:messages")[0][1] >= 2, timeout_s=10)  # and the web's
+        ids = post_batch(client, batch_of(100, "announced")).json()["ids"]
+        notifications = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and sum(n.count(b"\x1e") for n in notifications) < 100:
+            message = pubsub.get_message(timeout=0.5)
+            if message is not None:
+                notifications.append(message["data"])
+        time.sleep(0.5)
+        while (message := pubsub.get_message(timeout=0.1)) is not None:
+            notifications.append(message["data"])
+        # One RFC 7464 sequence holding the whole batch, in line order.
+        assert len(notifications) == 1, f"{len(notifications)} notifications for one batch"
+        records = [json.loads(text) for text in notifications[0].decode().split("\x1e") if text]
+        assert [record["id"] for record in records] == ids
+    finally:
+        pubsub.close()
+        r.close()
+
+
 def test_live_streams_get_each_batch_once_in_order_and_a_reading_client_is_not_closed(
     service: tuple[Pipeline, httpx.Client],
 ) -> None:

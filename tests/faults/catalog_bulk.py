@@ -124,4 +124,13 @@ FAULTS: list[Fault] = [
         tests=(_T + "test_load_shedding_counts_a_batch_documents",),
         guarantee="Load shedding counts a bulk write's documents, not its one job (SPEC §11).",
     ),
+    Fault(
+        name="bulk-announced-message-by-message",
+        path="pipeline/writer.py",
+        find="            await bus.publish(self._redis, pack([render(message) for message in stored]))\n",
+        replace="            for message in stored:\n"
+        "                await bus.publish(self._redis, pack([render(message)]))\n",
+        tests=(_T + "test_a_batch_is_announced_in_one_notification",),
+        guarantee="One pub/sub notification per batch (so one write per connection), not one per document.",
+    ),
 ]
