@@ -14,6 +14,7 @@ import orjson
 from quart import Blueprint, Response, render_template, request
 
 from . import bus, channels, export, live, metrics
+from .bounds import whole_number
 from .ingest import unavailable
 from .messages import canonical_id, render
 from .ops import retention
@@ -32,10 +33,7 @@ def _int_arg(name: str, *, low: int) -> int | None:
     raw = request.args.get(name)
     if raw is None:
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise Problem(400, f"Query parameter {name!r} must be a whole number, got {raw!r}.") from None
+    value = whole_number(raw, f"Query parameter {name!r}")
     if value < low:
         raise Problem(400, f"Query parameter {name!r} must be at least {low}, got {value}.")
     return value
@@ -76,16 +74,13 @@ async def _list(narrow: frozenset[str] | None) -> Response:
         tail = limit
     store = services().store
     try:
+        until = await store.latest_seq()
+        until = until if below is None else min(until, below)
         if tail is not None:
-            first = await store.tail(
-                tail if limit is None else min(tail, limit), after=after, until=below, channels=narrow
-            )
-            until = first[-1].seq if first else 0
-            limit = len(first)
-        else:
-            until = await store.latest_seq()
-            until = until if below is None else min(until, below)
-            first = await store.after(after, _page_size(limit), until, channels=narrow)
+            # Streamed like any read: from just before the newest ``tail``, page by page.
+            limit = tail if limit is None else min(tail, limit)
+            after = await store.tail_after(limit, after=after, until=until, channels=narrow)
+        first = await store.after(after, _page_size(limit), until, channels=narrow)
     except TRANSIENT_ERRORS:
         raise unavailable("The database", "database-unavailable") from None
 
@@ -98,7 +93,8 @@ async def _list(narrow: frozenset[str] | None) -> Response:
             chunk = framing.join(render(message) for message in page)
             yield (chunk if sent == 0 else framing.between + chunk).encode()
             sent += len(page)
-            if len(page) < _PAGE_ROWS or (limit is not None and sent >= limit):
+            # Pages are bounded by bytes as well as rows (Store.after): only an empty one ends.
+            if limit is not None and sent >= limit:
                 break
             remaining = None if limit is None else limit - sent
             page = await store.after(page[-1].seq, _page_size(remaining), until, channels=narrow)

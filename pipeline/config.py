@@ -55,6 +55,9 @@ class Settings:
     read_tokens: tuple[str, ...] = ()
     # None means "by HOST": only loopback names when listening on loopback, else any; "*" any.
     allowed_hosts: frozenset[str] | None = None
+    # Bounds under attack (SPEC §8): streams open at once, request-body bytes read at once.
+    max_streams: int = 10_000
+    max_bodies_in_flight_bytes: int = 32 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -95,6 +98,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         metrics_enabled=_flag("METRICS", get("METRICS"), True),
         read_tokens=_tokens("READ_TOKEN", get("READ_TOKEN")),
         allowed_hosts=_hosts(get("ALLOWED_HOSTS")),
+        max_streams=_int("MAX_STREAMS", get("MAX_STREAMS"), 10_000, low=1),
+        max_bodies_in_flight_bytes=_int(
+            "MAX_BODIES_IN_FLIGHT_BYTES", get("MAX_BODIES_IN_FLIGHT_BYTES"), 32 * 1024 * 1024, low=1
+        ),
     )
 
 

@@ -10,6 +10,13 @@
   and writes ``Data(stream_id=..., data=...)`` events to ``stream.send``, after looking at
   ``stream.closed``: :data:`HYPERCORN_WSSTREAM_ATTRIBUTES`. Without them it falls back to plain
   ASGI messages, and says so (``/healthz`` ``live.websocket_writer``).
+- **hypercorn** (``live.py``, ``bounds.py``, ``web.py``; the bounds under attack): the stream's
+  ``handshake`` (its ``extensions`` set to None before accepting, so no permessage-deflate is
+  negotiated) and ``connection`` (wsproto's; its state shows a close hypercorn sent itself, e.g.
+  1009): :data:`HYPERCORN_WSSTREAM_SET_LATER`, set by ``handle`` and ``_accept``. ``bounds`` finds
+  the connection's transport behind ``send`` (stream ``.send.__self__`` is ``H11Protocol``, whose
+  ``.send.__self__`` is the ``TCPServer`` with ``writer``), and ``web`` replaces
+  ``H11Protocol._check_protocol`` (the one place that switches to h2c): :func:`check_hypercorn_bounds`.
 - **redis-py** (``bus.py``): a refused connection (nothing was sent) is told from a dropped one
   (the command may have reached Redis) by its wording, :data:`REDIS_REFUSED_WORDING`; there is
   no separate exception class for it.
@@ -74,6 +81,11 @@ HYPERCORN_WSSTREAM_ATTRIBUTES: dict[str, str] = {
     "closed": "True once the connection is closed",
 }
 HYPERCORN_DATA_FIELDS = ("stream_id", "data")
+# WSStream attributes that exist only once a request came (handle) or was accepted (_accept).
+HYPERCORN_WSSTREAM_SET_LATER: dict[str, tuple[str, str]] = {
+    "handshake": ("handle", "its extensions, set to None so no compression is negotiated"),
+    "connection": ("_accept", "wsproto's connection; its state shows a close hypercorn sent (1009)"),
+}
 
 REDIS_REFUSED_WORDING = "connecting to"
 
@@ -86,6 +98,7 @@ def check() -> None:
     """Raise ContractBroken naming the first missing piece of arq or hypercorn."""
     check_arq()
     check_hypercorn()
+    check_hypercorn_bounds()
 
 
 def check_arq() -> None:
@@ -138,6 +151,23 @@ def check_hypercorn() -> None:
     for name in HYPERCORN_DATA_FIELDS:
         if name not in fields:
             _broken("hypercorn", f"Data.{name}", "the writer sends Data(stream_id=..., data=...)")
+
+
+def check_hypercorn_bounds() -> None:
+    """hypercorn's names the bounds under attack rely on (see the module docstring)."""
+    from hypercorn.asyncio.tcp_server import TCPServer
+    from hypercorn.protocol.h11 import H11Protocol
+    from hypercorn.protocol.ws_stream import Handshake, WSStream
+
+    for name, (method, why) in HYPERCORN_WSSTREAM_SET_LATER.items():
+        if name not in getattr(WSStream, method).__code__.co_names:
+            _broken("hypercorn", f"WSStream.{method} setting {name}", why)
+    if "extensions" not in Handshake.accept.__code__.co_names:
+        _broken("hypercorn", "Handshake.accept using extensions", "no compression is offered through it")
+    if "_check_protocol" not in H11Protocol._handle_events.__code__.co_names:
+        _broken("hypercorn", "H11Protocol._check_protocol", "web.py turns h2c off by replacing it")
+    if "writer" not in TCPServer.protocol_send.__code__.co_names:
+        _broken("hypercorn", "TCPServer.writer", "bounds.transport_of finds the connection's transport")
 
 
 async def refused_connection_error() -> str:

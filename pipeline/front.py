@@ -26,7 +26,7 @@ from quart import Quart
 
 from .asgi import ASGIApp, Receive, Scope, Send
 from .ingest import CHANNEL_INGEST_PATH, serve_ingest
-from .live import CLOSE_TRY_AGAIN_LATER, serve_websocket
+from .live import CLOSE_TRY_AGAIN_LATER, EVENTS_PATHS, guard_events, serve_websocket
 from .problems import problem_document
 from .services import EXTENSION_KEY, Services
 
@@ -98,6 +98,8 @@ class Front:
         kind, method, path = scope["type"], scope.get("method", "GET"), scope.get("path", "")
         handler = self._handlers.get((kind, method, path)) or self._template_handler(kind, method, path)
         if handler is None:
+            if scope["type"] == "http" and scope.get("path") in EVENTS_PATHS:
+                send = guard_events(scope, send)  # SSE: its socket's backlog counted, writes bounded
             await self.app(scope, receive, send)
             return
         found: Services | None = self._extensions.get(EXTENSION_KEY)

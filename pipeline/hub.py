@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import struct
 from collections import deque
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from typing import NamedTuple
 
 from arq.connections import ArqRedis
@@ -41,6 +42,7 @@ MAX_BUFFER_BYTES = 1024 * 1024
 # What a message's representation adds to its payload (id, seq, channel, two times), rounded up.
 _ENVELOPE_BYTES = 256
 _FILL_PAGE = 1000
+_SSE_LINE_END = re.compile("\r\n|\r|\n")
 
 
 class Delivery(NamedTuple):
@@ -76,8 +78,10 @@ def delivery(rendered: str, seq: int | None = None, channel: str | None = None) 
     channel = channel_of(rendered) if channel is None else channel
     ws_text = f'{{"event":"message","data":{rendered}}}'
     if "\n" in rendered or "\r" in rendered:
-        # A payload's whitespace may hold line breaks; SSE needs one data: line per line.
-        data = "".join(f"data: {line}\n" for line in rendered.splitlines())
+        # A payload's whitespace may hold line breaks; SSE needs one data: line per line. Split
+        # only at SSE's own line ends (HTML §9.2.5): str.splitlines() would also break at
+        # U+2028, U+2029 and U+0085, which JSON strings may hold raw.
+        data = "".join(f"data: {line}\n" for line in _SSE_LINE_END.split(rendered))
     else:
         data = f"data: {rendered}\n"
     sse_frame = f"id: {seq}\nevent: message\n{data}\n".encode()
@@ -109,10 +113,17 @@ class Subscription:
     """
 
     def __init__(
-        self, start_seq: int, max_messages: int, max_bytes: int, channels: frozenset[str] | None = None
+        self,
+        start_seq: int,
+        max_messages: int,
+        max_bytes: int,
+        channels: frozenset[str] | None = None,
+        backlog: Callable[[], int] | None = None,
     ) -> None:
         self.start_seq = start_seq
         self.channels = channels
+        # Bytes handed to the connection that its client has not taken yet (socket buffers).
+        self._backlog = backlog
         self._items: deque[Delivery] = deque()
         self._bytes = 0
         self._max_messages = max_messages
@@ -140,6 +151,12 @@ class Subscription:
 
     def take_pending(self) -> list[Delivery]:
         """Everything queued now, without waiting."""
+        backlog = self._backlog
+        if self._error is None and backlog is not None and self._bytes + backlog() > self._max_bytes:
+            # What waits for this client in the process and in its socket is over the bound:
+            # it has stopped reading, even if what it was sent has left the process.
+            self._items.clear()
+            self._error = Overflow()
         if self._error is not None:
             raise self._error
         items = list(self._items)
@@ -205,11 +222,14 @@ class Hub:
             subscriber.close()
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, channels: Collection[str] | None = None) -> AsyncIterator[Subscription]:
+    async def subscribe(
+        self, channels: Collection[str] | None = None, backlog: Callable[[], int] | None = None
+    ) -> AsyncIterator[Subscription]:
         """A subscription that receives every message (of ``channels``, None: all) after the
-        hub's current ``last_seq``."""
+        hub's current ``last_seq`` (``backlog``: bytes its connection holds that the client has
+        not taken yet)."""
         wanted = frozenset(channels) if channels else None
-        subscription = Subscription(self.last_seq, self._max_messages, self._max_bytes, wanted)
+        subscription = Subscription(self.last_seq, self._max_messages, self._max_bytes, wanted, backlog)
         if self._closing:
             subscription.close()
         self._subscribers.add(subscription)
@@ -246,10 +266,10 @@ class Hub:
             except TRANSIENT_ERRORS as exc:
                 logger.warning("database unavailable while catching up: %s", exc)
                 return False
+            if not page:  # pages are bounded by bytes too: only an empty one is the end
+                return True
             for item in deliveries(page):
                 self._hand_out(item)
-            if len(page) < _FILL_PAGE:
-                return True
 
     def _hand_out(self, item: Delivery) -> None:
         self.last_seq = item.seq

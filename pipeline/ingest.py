@@ -18,6 +18,7 @@ import orjson
 
 from . import bulk, bus, channels, metrics, shedding
 from .asgi import Receive, Scope, Send
+from .bounds import bodies_in_flight
 from .messages import DEFAULT_CHANNEL, InvalidBody, new_id, parse_body, utc_timestamp
 from .problems import Problem, problem_document
 from .services import Services
@@ -171,13 +172,17 @@ async def serve_ingest(found: Services, scope: Scope, receive: Receive, send: Se
     try:
         key = check_idempotency_key(headers.get("idempotency-key"))
         channel = channels.check(channel_of(scope["path"]))
-        body = await _read_body(receive, headers.get("content-length"), found.settings.max_body_bytes)
-        if body is None:
-            return  # the client went away
-        if bulk.is_bulk(headers.get("content-type")):
-            answer = await accept_batch(found, body, key, channel)
-        else:
-            answer = await accept(found, body, key, channel)
+        size = _reserve_body(found, headers.get("content-length"))
+        try:
+            body = await _read_body(receive, found.settings.max_body_bytes)
+            if body is None:
+                return  # the client went away
+            if bulk.is_bulk(headers.get("content-type")):
+                answer = await accept_batch(found, body, key, channel)
+            else:
+                answer = await accept(found, body, key, channel)
+        finally:
+            bodies_in_flight.release(size)
     except Problem as problem:
         answer = Answer(
             problem.status,
@@ -196,10 +201,21 @@ async def serve_ingest(found: Services, scope: Scope, receive: Receive, send: Se
     metrics.ingested(answer.status, None if body is None else len(body), started_s)
 
 
-async def _read_body(receive: Receive, content_length: str | None, limit: int) -> bytes | None:
+def _reserve_body(found: Services, content_length: str | None) -> int:
+    """Reserve room for the body among all requests in progress (MAX_BODIES_IN_FLIGHT_BYTES):
+    past it, 503 before a byte of the body is read. Returns the bytes reserved."""
+    limit = found.settings.max_body_bytes
+    declared = int(content_length) if content_length is not None and content_length.isdigit() else None
+    if declared is not None and declared > limit:
+        raise Problem(413, f"The body is larger than {limit} bytes (MAX_BODY_BYTES).")
+    # A chunked body may be as large as the limit; reserve that much for it.
+    size = limit if declared is None else declared
+    bodies_in_flight.reserve(size, found.settings.max_bodies_in_flight_bytes)
+    return size
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
     too_large = Problem(413, f"The body is larger than {limit} bytes (MAX_BODY_BYTES).")
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
-        raise too_large
     chunks: list[bytes] = []
     size = 0
     try:

@@ -19,16 +19,28 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qs
 
 from hypercorn.protocol.events import Data
 from hypercorn.protocol.ws_stream import WSStream
 from quart import Blueprint, Response, request
+from wsproto.connection import ConnectionState as WSState
 
 from . import channels as channel_names
 from . import metrics
-from .asgi import Receive, Scope, Send
+from .asgi import Message, Receive, Scope, Send
+from .bounds import (
+    SocketBacklog,
+    may_block,
+    open_streams,
+    queued_bytes,
+    reset,
+    transport_of,
+    whole_number,
+)
 from .hub import Closed, Delivery, Overflow, deliveries, websocket_frame
 from .problems import Problem, problem_document
 from .services import Services, services
@@ -41,18 +53,29 @@ _REPLAY_PAGE = 1000
 # RFC 6455 §7.4.1: 1001 "going away" (server stopping), 1013 "try again later" (too slow).
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
+EVENTS_PATHS = frozenset({"/events"})
+_TRANSPORT_KEY = "pipeline.transport"
+# A client whose send buffer has not drained for this long has stopped reading (SPEC §4: closed
+# within 30 s); one told it is too slow gets this long to take its close before it is cut off.
+WRITE_TIMEOUT_S = 10.0
+CLOSE_GRACE_S = 10.0
 _TOO_SLOW = "too slow; resume with ?after=<last seq>"
 _GOING_AWAY = "server going away; resume with ?after=<last seq>"
 
 
 async def follow(
-    found: Services, after: int | None, channels: frozenset[str] | None = None
+    found: Services,
+    after: int | None,
+    channels: frozenset[str] | None = None,
+    backlog: Callable[[], int] | None = None,
 ) -> AsyncGenerator[list[Delivery] | None, None]:
     """Batches of deliveries for one stream (of ``channels``; None: all), in ``seq`` order;
     None when a ping is due.
 
-    Raises Overflow when the stream's buffer overflows and Closed when the hub stops.
-    (Response bodies run outside the request context, so the services come as an argument.)
+    Raises Overflow when the stream's buffer overflows (counting ``backlog()``, the bytes
+    already handed to the connection but not yet taken by the client) and Closed when the hub
+    stops. (Response bodies run outside the request context, so the services come as an
+    argument.)
     """
     store, hub, interval_s = found.store, found.hub, found.settings.ping_interval_s
     sent = after or 0
@@ -60,7 +83,7 @@ async def follow(
         async for batch in _replay(store, sent, channels):
             yield batch
             sent = batch[-1].seq
-    async with hub.subscribe(channels) as subscription:
+    async with hub.subscribe(channels, backlog) as subscription:
         if after is None:
             sent = subscription.start_seq
         else:
@@ -82,11 +105,10 @@ async def follow(
 async def _replay(store: Store, after: int, channels: frozenset[str] | None) -> AsyncIterator[list[Delivery]]:
     while True:
         page = await store.after(after, _REPLAY_PAGE, channels=channels)
-        if page:
-            yield deliveries(page)
-            after = page[-1].seq
-        if len(page) < _REPLAY_PAGE:
+        if not page:  # pages are bounded by bytes too: only an empty one is the end
             return
+        yield deliveries(page)
+        after = page[-1].seq
 
 
 def _channels(query_string: bytes) -> frozenset[str] | None:
@@ -97,15 +119,7 @@ def _channels(query_string: bytes) -> frozenset[str] | None:
 
 
 def _after(raw: str | None, name: str) -> int | None:
-    if raw is None or raw == "":
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise Problem(400, f"{name} must be a whole number (a seq), got {raw!r}.") from None
-    if value < 0:
-        raise Problem(400, f"{name} must be at least 0, got {value}.")
-    return value
+    return None if raw is None else whole_number(raw, name)
 
 
 def _ping(found: Services) -> str:
@@ -124,16 +138,28 @@ async def serve_websocket(found: Services, scope: Scope, receive: Receive, send:
     """
     if (await receive())["type"] != "websocket.connect":
         return
-    query = parse_qs(scope["query_string"].decode("latin-1"))
+    query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
     try:
         after = _after(query.get("after", [None])[0], "after")
         channels = _channels(scope["query_string"])
+        give_back = open_streams.take(found.settings.max_streams, "streams")
     except Problem as problem:
         await _refuse(scope, send, problem)
         return
+    try:
+        await _serve_accepted(found, after, channels, receive, send)
+    finally:
+        give_back()
+
+
+async def _serve_accepted(
+    found: Services, after: int | None, channels: frozenset[str] | None, receive: Receive, send: Send
+) -> None:
+    _offer_no_compression(send)
     await send({"type": "websocket.accept"})
-    write = _frame_writer(send)
-    streaming = asyncio.create_task(_stream_frames(found, after, write, send, channels))
+    transport = transport_of(send)
+    write = _frame_writer(send, transport)
+    streaming = asyncio.create_task(_stream_frames(found, after, write, send, transport, channels))
     # The client may go away at any time; then the stream (and its subscription) must end.
     listening = asyncio.create_task(_until_disconnect(receive))
     metrics.stream_opened("ws")
@@ -151,11 +177,26 @@ async def serve_websocket(found: Services, scope: Scope, receive: Receive, send:
             logger.error("WebSocket stream failed", exc_info=outcome)
 
 
+def _offer_no_compression(send: Send) -> None:
+    """Accept no permessage-deflate: inflating a client's frame happens before the size limit
+    applies, so one small frame could inflate to gigabytes (SPEC §4). Hypercorn has no setting
+    for it; its handshake offers what the client asked for unless told it asked for nothing."""
+    stream = getattr(send, "__self__", None)
+    if isinstance(stream, WSStream):
+        stream.handshake.extensions = None
+
+
 async def _stream_frames(
-    found: Services, after: int | None, write: FrameWriter, send: Send, channels: frozenset[str] | None
+    found: Services,
+    after: int | None,
+    write: FrameWriter,
+    send: Send,
+    transport: asyncio.Transport | None,
+    channels: frozenset[str] | None,
 ) -> None:
+    backlog = None if transport is None else SocketBacklog(transport)
     try:
-        async with contextlib.aclosing(follow(found, after, channels)) as stream:
+        async with contextlib.aclosing(follow(found, after, channels, backlog)) as stream:
             async for batch in stream:
                 if batch is None:
                     ping = _ping(found)
@@ -165,9 +206,38 @@ async def _stream_frames(
                     metrics.delivered("ws", batch)
     except Overflow:
         metrics.closed_slow("ws")
-        await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER, "reason": _TOO_SLOW})
+        closing = send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER, "reason": _TOO_SLOW})
+        await _close_stalled(transport, closing)
     except Closed:
         await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": _GOING_AWAY})
+
+
+async def _close_stalled(transport: asyncio.Transport | None, closing: Awaitable[None]) -> None:
+    """Say goodbye to a client that fell behind, then make sure it is gone (see below)."""
+    try:
+        async with asyncio.timeout(WRITE_TIMEOUT_S):
+            await closing
+    except TimeoutError:
+        if transport is not None:
+            reset(transport)
+        return
+    if transport is not None:
+        await _cut_off_if_stalled(transport)
+
+
+async def _cut_off_if_stalled(transport: asyncio.Transport) -> None:
+    """Give the client CLOSE_GRACE_S to take what waits for it, else reset the connection.
+
+    One that does not read its socket cannot read a close either; closing the socket normally
+    would leave its send queue to the kernel (an orphan, still holding megabytes), so this has
+    to happen while the connection is still open."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CLOSE_GRACE_S
+    while queued_bytes(transport):
+        if loop.time() >= deadline:
+            reset(transport)
+            return
+        await asyncio.sleep(0.25)
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -207,17 +277,28 @@ def _note_writer(writer: str, send: Send) -> None:
         )
 
 
-def _frame_writer(send: Send) -> FrameWriter:
+def _frame_writer(send: Send, transport: asyncio.Transport | None) -> FrameWriter:
     stream = getattr(send, "__self__", None)
     if isinstance(stream, WSStream):
         _note_writer(WRITER_RAW, send)
 
         async def write_frames(frames: list[tuple[bytes, str]]) -> None:
-            if stream.closed:
+            # Closed, or closing (hypercorn sent a close itself, e.g. 1009 for a big frame).
+            if stream.closed or stream.connection.state is not WSState.OPEN:
                 raise ConnectionError("the WebSocket is closed")
             # Whatever queued up for this connection goes out in one write.
             data = frames[0][0] if len(frames) == 1 else b"".join(frame for frame, _ in frames)
-            await stream.send(Data(stream_id=stream.stream_id, data=data))
+            if not may_block(transport, len(data)):
+                await stream.send(Data(stream_id=stream.stream_id, data=data))
+                return
+            try:
+                async with asyncio.timeout(WRITE_TIMEOUT_S):
+                    await stream.send(Data(stream_id=stream.stream_id, data=data))
+            except TimeoutError:
+                # Not even our buffer drained in all that time: the client stopped reading.
+                if transport is not None:
+                    reset(transport)
+                raise ConnectionError("the client stopped reading") from None
 
         return write_frames
 
@@ -237,13 +318,37 @@ async def _refuse(scope: Scope, send: Send, problem: Problem) -> None:
         return
     body = problem_document(problem.status, problem.detail, problem.extensions, problem.kind)
     headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
+    headers += [(name.lower().encode(), value.encode()) for name, value in problem.headers.items()]
     await send({"type": "websocket.http.response.start", "status": problem.status, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body})
 
 
-@blueprint.get("/events")
+def guard_events(scope: Scope, send: Send) -> Send:
+    """``GET /events`` at the ASGI level (see ``front``): keep the connection's transport in the
+    scope, so the stream can count what waits in its socket, and bound every write."""
+    transport = transport_of(send)
+    if transport is None:
+        return send
+    scope.setdefault("extensions", {})[_TRANSPORT_KEY] = transport
+
+    async def bounded_send(message: Message) -> None:
+        if not may_block(transport, len(message.get("body", b""))):
+            await send(message)
+            return
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                await send(message)
+        except TimeoutError:
+            # The client stopped reading: cut it off; Quart then hears of the disconnect.
+            reset(transport)
+
+    return bounded_send
+
+
+@blueprint.route("/events", methods=["GET", "HEAD"])
 async def events() -> Response:
     """Server-Sent Events stream (``id: <seq>``, ``event: message``, ``: ping``)."""
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     # (Origin and tokens were checked before this runs: see access.py.)
     # The browser's EventSource sends Last-Event-ID on reconnect (HTML Living Standard §9.2).
     last_event_id = request.headers.get("Last-Event-ID")
@@ -252,30 +357,43 @@ async def events() -> Response:
     else:
         after = _after(request.args.get("after"), "after")
     channels = _channels(request.query_string)
+    if request.method == "HEAD":
+        # The headers a GET would get, without a subscription that nobody would read.
+        return Response(b"", content_type="text/event-stream", headers=headers)
     found = services()
+    give_back = open_streams.take(found.settings.max_streams, "streams")
+    extensions: dict[str, Any] = request.scope.get("extensions") or {}
+    transport: asyncio.Transport | None = extensions.get(_TRANSPORT_KEY)
+    backlog = None if transport is None else SocketBacklog(transport)
 
     async def stream() -> AsyncIterator[bytes]:
-        yield b"retry: 1000\n\n"
-        metrics.stream_opened("sse")
         try:
-            async with contextlib.aclosing(follow(found, after, channels)) as deliveries_:
-                async for batch in deliveries_:
-                    if batch is None:
-                        yield b": ping\n\n"
-                    else:
-                        yield b"".join(item.sse_frame for item in batch)
-                        metrics.delivered("sse", batch)
-        except (Overflow, Closed) as ended:
-            # Ending the response makes EventSource reconnect with Last-Event-ID.
-            if isinstance(ended, Overflow):
+            yield b"retry: 1000\n\n"
+            metrics.stream_opened("sse")
+            try:
+                async with contextlib.aclosing(follow(found, after, channels, backlog)) as deliveries_:
+                    async for batch in deliveries_:
+                        if batch is None:
+                            yield b": ping\n\n"
+                        else:
+                            yield b"".join(item.sse_frame for item in batch)
+                            metrics.delivered("sse", batch)
+            except Overflow:
+                # Ending the response makes EventSource reconnect with Last-Event-ID; a client
+                # that does not read cannot see the end either, so it is cut off if stuck.
                 metrics.closed_slow("sse")
+                if transport is not None:
+                    await _cut_off_if_stalled(transport)
+            except Closed:
+                pass
+            finally:
+                metrics.stream_closed("sse")
         finally:
-            metrics.stream_closed("sse")
+            give_back()
 
-    response = Response(
-        stream(),
-        content_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    body = stream()
+    # A stream that never starts (the client left at once) never runs its finally.
+    weakref.finalize(body, give_back)
+    response = Response(body, content_type="text/event-stream", headers=headers)
     response.timeout = None
     return response

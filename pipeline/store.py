@@ -49,6 +49,9 @@ _SEQ_LOCK_KEY = schema.WRITE_LOCK_KEY
 _COLUMNS = "id, seq, payload, received_at, persisted_at, channel"
 # (id, payload, received_at, channel): a message to store.
 Row = tuple[str, str, str, str]
+# What one read of messages holds at most (beyond a single larger message): reads stream page
+# by page, so this bounds a reader's memory whatever the messages' sizes (SPEC §3).
+PAGE_MAX_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -174,47 +177,90 @@ class Store:
     # Reads ----------------------------------------------------------------------------
     # ``channels``: only messages of these channels (None: every channel).
     async def after(
-        self, seq: int, limit: int, until: int | None = None, *, channels: Collection[str] | None = None
+        self,
+        seq: int,
+        limit: int,
+        until: int | None = None,
+        *,
+        channels: Collection[str] | None = None,
+        max_bytes: int = PAGE_MAX_BYTES,
     ) -> list[Message]:
-        """Up to ``limit`` messages with ``seq`` greater than ``seq`` (and at most ``until``)."""
-        return await self._call(self._after, seq, limit, until, channels)
+        """Up to ``limit`` messages with ``seq`` greater than ``seq`` (and at most ``until``),
+        cut short once their payloads pass ``max_bytes`` (always at least one message): a page
+        of large messages holds a few of them, not ``limit``. An empty page means the end."""
+        return await self._call(self._after, seq, limit, until, channels, max_bytes)
 
     def _after(
-        self, seq: int, limit: int, until: int | None, channels: Collection[str] | None = None
+        self,
+        seq: int,
+        limit: int,
+        until: int | None,
+        channels: Collection[str] | None = None,
+        max_bytes: int = PAGE_MAX_BYTES,
     ) -> list[Message]:
-        return self._select(seq, until, "ASC", limit, channels)
+        limit = self._rows_within(seq, until, limit, channels, max_bytes)
+        sql, params = self._select(_COLUMNS, seq, until, "ASC", limit, channels)
+        return [Message._make(row) for row in self._execute(sql, params).fetchall()]
 
-    async def tail(
+    def _rows_within(
+        self, after: int, until: int | None, limit: int, channels: Collection[str] | None, max_bytes: int
+    ) -> int:
+        """How many of the next ``limit`` rows fit in ``max_bytes`` of payload (at least one),
+        asking the database for sizes only, so no payload is loaded to find out."""
+        # Postgres's octet_length reads a stored value's size without fetching it; SQLite's
+        # length reads the text, so its rows are stepped one by one and the query stops as soon
+        # as the page is full (a page of 1 MB messages must not read the next thousand).
+        size_of = "octet_length" if self._is_postgres else "length"
+        sql, params = self._select(f"seq, {size_of}(payload)", after, until, "ASC", limit, channels)
+        cursor = self._execute(sql, params)
+        try:
+            total = 0
+            for rows, (_, size) in enumerate(cursor):
+                total += size
+                if total > max_bytes:
+                    return max(rows, 1)
+            return limit
+        finally:
+            cursor.close()
+
+    async def tail_after(
         self, count: int, *, after: int = 0, until: int | None = None, channels: Collection[str] | None = None
-    ) -> list[Message]:
-        """The ``count`` newest messages with ``after < seq <= until``, oldest first."""
-        return await self._call(self._tail, count, after, until, channels)
+    ) -> int:
+        """The ``seq`` after which lie the ``count`` newest messages with ``after < seq <= until``
+        (a tail is then streamed page by page like any read, never loaded at once)."""
+        return await self._call(self._tail_after, count, after, until, channels)
 
-    def _tail(
-        self, count: int, after: int = 0, until: int | None = None, channels: Collection[str] | None = None
-    ) -> list[Message]:
-        return list(reversed(self._select(after, until, "DESC", count, channels)))
+    def _tail_after(self, count: int, after: int, until: int | None, channels: Collection[str] | None) -> int:
+        if count == 0:
+            return until if until is not None else self._latest_seq()
+        sql, params = self._select("seq", after, until, "DESC", count, channels)
+        rows = self._execute(sql, params).fetchall()
+        return int(rows[-1][0]) - 1 if len(rows) == count else after
 
     def _select(
-        self, after: int, until: int | None, order: str, limit: int, channels: Collection[str] | None
-    ) -> list[Message]:
+        self,
+        columns: str,
+        after: int,
+        until: int | None,
+        order: str,
+        limit: int,
+        channels: Collection[str] | None,
+    ) -> tuple[str, list[object]]:
         p = self._param
         where = f"seq > {p}" if until is None else f"seq > {p} AND seq <= {p}"
         bounds: tuple[int, ...] = (after,) if until is None else (after, until)
         if not channels or len(channels) == 1:
             narrow = f"channel = {p} AND " if channels else ""
-            sql = f"SELECT {_COLUMNS} FROM message WHERE {narrow}{where} ORDER BY seq {order} LIMIT {p}"
-            params: list[object] = [*(channels or ()), *bounds, limit]
-        else:
-            # One ordered walk of the (channel, seq) index per channel, merged.
-            parts = [
-                f"SELECT * FROM (SELECT {_COLUMNS} FROM message WHERE channel = {p} AND {where} "
-                f"ORDER BY seq {order} LIMIT {p}) AS c{number}"
-                for number in range(len(channels))
-            ]
-            sql = " UNION ALL ".join(parts) + f" ORDER BY seq {order} LIMIT {p}"
-            params = [value for name in sorted(channels) for value in (name, *bounds, limit)] + [limit]
-        return [Message._make(row) for row in self._execute(sql, params).fetchall()]
+            sql = f"SELECT {columns} FROM message WHERE {narrow}{where} ORDER BY seq {order} LIMIT {p}"
+            return sql, [*(channels or ()), *bounds, limit]
+        # One ordered walk of the (channel, seq) index per channel, merged.
+        parts = [
+            f"SELECT * FROM (SELECT {columns} FROM message WHERE channel = {p} AND {where} "
+            f"ORDER BY seq {order} LIMIT {p}) AS c{number}"
+            for number in range(len(channels))
+        ]
+        sql = " UNION ALL ".join(parts) + f" ORDER BY seq {order} LIMIT {p}"
+        return sql, [value for name in sorted(channels) for value in (name, *bounds, limit)] + [limit]
 
     async def channels(self) -> list[ChannelStats]:
         """Every channel holding messages, by name, with its figures (kept, never counted)."""

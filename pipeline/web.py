@@ -1,4 +1,12 @@
-"""Serve the app with hypercorn (on uvloop), stopping gracefully on SIGTERM or SIGINT."""
+"""Serve the app with hypercorn (on uvloop), stopping gracefully on SIGTERM or SIGINT.
+
+HTTP/1.1 only: hypercorn would switch a cleartext connection to HTTP/2 on ``Upgrade: h2c`` or
+the HTTP/2 preface ("prior knowledge"), and its h2 layer logs a traceback under a rapid-reset
+flood (thousands of streams opened and reset). It has no setting to turn h2c off, so
+:func:`_http1_only` replaces ``H11Protocol._check_protocol`` (the one place that decides) with a
+no-op: such requests are answered as HTTP/1.1. Platforms (Heroku's router) speak HTTP/1.1 to
+the process anyway; HTTP/2 to browsers belongs to the TLS proxy in front.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +21,13 @@ from typing import cast
 import uvloop
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.typing import ASGIFramework
 
 from . import contracts
 from .access import Access
 from .app import close_streams, create_app
+from .bounds import RefuseAmbiguousFraming
 from .config import Settings
 from .front import Front
 
@@ -31,11 +41,19 @@ _STOP_DEADLINE_S = GRACEFUL_TIMEOUT_S + 5.0
 log = logging.getLogger(__name__)
 
 
+def _http1_only() -> None:
+    async def serve_as_http1(self: H11Protocol, event: object) -> None:
+        return None
+
+    H11Protocol._check_protocol = serve_as_http1  # type: ignore[method-assign]
+
+
 def hypercorn_config(settings: Settings, *, shared_port: socket.socket | None = None) -> Config:
     """Hypercorn settings for one web process (listening on ``shared_port`` if given)."""
     config = Config()
     config.bind = [f"fd://{shared_port.fileno()}"] if shared_port else [f"{settings.host}:{settings.port}"]
     config.websocket_max_message_size = MAX_INCOMING_WS_BYTES
+    config.alpn_protocols = ["http/1.1"]
     config.graceful_timeout = GRACEFUL_TIMEOUT_S
     config.backlog = 2048
     config.accesslog = None
@@ -46,6 +64,7 @@ def hypercorn_config(settings: Settings, *, shared_port: socket.socket | None = 
 
 async def serve(settings: Settings, listener: socket.socket) -> None:
     """Serve on ``listener`` until SIGTERM/SIGINT, then close streams and stop accepting."""
+    _http1_only()
     await contracts.check_redis()
     app = create_app(settings)
     stopping = asyncio.Event()
@@ -61,7 +80,8 @@ async def serve(settings: Settings, listener: socket.socket) -> None:
 
     # Ingest and WebSocket streams are served in front of Quart (see front.py); the access
     # checks (access.py) come before both.
-    served = cast(ASGIFramework, Access(Front(app), settings))
+    # Outermost: a request that says both Content-Length and Transfer-Encoding (bounds.py).
+    served = cast(ASGIFramework, RefuseAmbiguousFraming(Access(Front(app), settings)))
     config = hypercorn_config(settings, shared_port=listener)
     try:
         await hypercorn_serve(served, config, shutdown_trigger=shutdown_trigger)

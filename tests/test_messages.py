@@ -28,10 +28,18 @@ def test_parse_rejects(body: bytes) -> None:
         parse_body(body)
 
 
-def test_nesting_bound_is_1024() -> None:
-    assert parse_body(b"[" * 1024 + b"]" * 1024)
+@pytest.mark.parametrize("inner", [b"1", b"1e999"])  # orjson, and the path for huge numbers
+@pytest.mark.parametrize(("opener", "closer"), [(b"[", b"]"), (b'{"k":', b"}")])
+def test_nesting_bound_is_512_on_every_path(opener: bytes, closer: bytes, inner: bytes) -> None:
+    for depth in (511, 512):
+        assert parse_body(opener * depth + inner + closer * depth)
     with pytest.raises(InvalidBody, match="nested deeper"):
-        parse_body(b"[" * 1025 + b"]" * 1025)
+        parse_body(opener * 513 + inner + closer * 513)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    text = b"[" * 500 + b'"' + b"[{" * 600 + b'\\"[' + b'"' + b"]" * 500
+    assert parse_body(text)
 
 
 def test_render_is_json_with_the_payload_spliced_in() -> None:

@@ -49,7 +49,9 @@ def test_save_assigns_increasing_seqs_and_is_idempotent(database_url: str) -> No
                 first[0].seq,
                 first[1].seq,
             ]
-            assert [m.seq for m in await store.tail(2)] == [first[2].seq, again[2].seq]
+            assert await store.tail_after(2) == first[2].seq - 1
+            assert await store.tail_after(2, until=again[2].seq, channels={"default"}) == first[2].seq - 1
+            assert await store.tail_after(10, after=first[0].seq) == first[0].seq
         finally:
             await store.close()
 
