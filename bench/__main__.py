@@ -35,11 +35,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import procs, scenarios
+from bench import bulk, procs, scenarios
 from bench.scenarios import Config
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ALL = ("ingest", "latency", "fanout", "get", "idle")
+ALL = ("ingest", "latency", "fanout", "get", "idle", "bulk", "fanout2")
 
 
 def machine() -> dict[str, Any]:
@@ -553,6 +553,15 @@ def main(argv: list[str] | None = None) -> int:
                 value = step("idle", scenarios.idle, cfg)
                 if value is not None:
                     results.setdefault("idle", []).append(value)
+            if "bulk" in only:
+                value = step("bulk next to single-document ingest", bulk.bulk_vs_single, cfg)
+                if value is not None:
+                    results.setdefault("bulk", []).append(value)
+            if "fanout2" in only:
+                two = Config(**{**vars(cfg), "fanout_clients": 2000})
+                value = step("fan-out, WEB_CONCURRENCY=2", bulk.fanout_two_webs, two)
+                if value is not None:
+                    results.setdefault("fanout2", []).append(value)
     except KeyboardInterrupt:
         print("\ninterrupted; stopping what was started", file=sys.stderr)
     finally:
@@ -567,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table.render())
     print()
     print(details(results))
+    print(bulk.summary(results))
     print(f"\ntotal time {time.monotonic() - started:.0f} s")
     out = args.json or RESULTS / f"bench-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -576,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     for runs in results.get("ingest", {}).values():
         for r in runs:
             r.pop("ids", None)
+    for r in results.get("fanout2", []):
+        r.pop("latencies_us", None)
     out.write_text(
         json.dumps(
             {

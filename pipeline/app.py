@@ -14,7 +14,7 @@ from . import api, bus, live, ops
 from .access import Access
 from .asgi import ASGIApp
 from .config import Settings
-from .hub import Hub
+from .hub import Hub, buffer_bytes
 from .problems import Problem, problem_response
 from .services import EXTENSION_KEY, Services
 from .store import Store, prepare_database
@@ -46,7 +46,7 @@ def create_app(settings: Settings) -> Quart:
         redis = bus.connect(settings.redis_url or "")
         enqueuer = bus.Enqueuer(settings.redis_url or "")
         store = Store(settings.database_url)
-        hub = Hub(redis, store)
+        hub = Hub(redis, store, max_buffer_bytes=buffer_bytes(settings.max_body_bytes))
         try:
             await prepare_database(store)
             await hub.start()

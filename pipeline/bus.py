@@ -17,6 +17,10 @@ in the order they were accepted: equal scores would come out in the random order
 The score is one millisecond early: a worker asks for jobs due by the current *whole* millisecond,
 and a job scored 0.4 ms past it would wait for the next poll instead of the wake-up it sent.
 
+A bulk write (SPEC §12) is one job holding every document, queued by a script of its own with
+the same deadline, order and idempotency (over the whole batch), which also records each id as
+queued until the batch commits and refuses the batch while storage is behind.
+
 It relies on redis-py's wording of a refused connection; ``contracts.py`` lists that and checks it.
 """
 
@@ -53,11 +57,21 @@ logger = logging.getLogger(__name__)
 
 QUEUE_NAME = default_queue_name
 STORE_JOB = "store_message"
+STORE_BATCH_JOB = "store_batch"
 MESSAGES_CHANNEL = "pipeline:messages"
 WAKE_CHANNEL = "pipeline:wake"
 FAILED_KEY = "pipeline:failed"
 IDEMPOTENCY_PREFIX = "pipeline:idempotency:"
 LAST_ENQUEUED_KEY = "pipeline:enqueued-us"
+# Bulk writes (SPEC §12): one job per batch. Each id of a queued batch is a field of this hash
+# (its value the batch's job id) until the batch commits, so GET /messages/<id> can say "queued"
+# for every one; the counter holds the documents batches add beyond their one job each, so
+# the queue's depth in documents is ZCARD + this.
+BATCHED_KEY = "pipeline:batched"
+BATCHED_EXTRA_KEY = "pipeline:batched-extra"
+# A batch is refused (503) while the oldest queued job has waited longer than this: storage is
+# behind, and accepting more would only grow the queue and every document's wait (SPEC §12).
+MAX_QUEUE_AGE_MS = 100
 IDEMPOTENCY_TTL_S = 24 * 3600
 # arq expires a job that has not started within its TTL; an accepted message must wait for a
 # worker however long it takes, so the TTL is a year rather than arq's default day.
@@ -93,6 +107,58 @@ redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[3])
 redis.call('ZADD', KEYS[2], score, ARGV[2])
 redis.call('PUBLISH', ARGV[7], '')
 return {'queued'}
+"""
+
+# The same for a batch (one job holding every document), spelt apart so each line of the script
+# above stays unique. KEYS: job, queue, last enqueued, batched hash, batched counter, [idempotency].
+# ARGV: deadline, job id, job, job TTL, idempotency record, its TTL, wake channel, the queue age
+# past which it refuses (ms), ids...
+_ENQUEUE_BATCH_SCRIPT = """
+local clock = redis.call('TIME')
+local at_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+if tonumber(ARGV[1]) < math.floor(at_us / 1000) then
+  return {'late'}
+end
+if KEYS[6] then
+  local first = redis.call('GET', KEYS[6])
+  if first then return {'existing', first} end
+end
+local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if oldest[2] and at_us / 1000 - tonumber(oldest[2]) > tonumber(ARGV[8]) then
+  return {'busy'}
+end
+if KEYS[6] then redis.call('SET', KEYS[6], ARGV[5], 'EX', ARGV[6]) end
+local previous_us = tonumber(redis.call('GET', KEYS[3]) or '0')
+if at_us <= previous_us then at_us = previous_us + 1 end
+redis.call('SET', KEYS[3], at_us)
+local due = at_us - 1000
+redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[3])
+redis.call('ZADD', KEYS[2], string.format('%d.%03d', math.floor(due / 1000), due % 1000), ARGV[2])
+local fields = {}
+for i = 9, #ARGV do
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = ARGV[2]
+  if #fields >= 1000 then
+    redis.call('HSET', KEYS[4], unpack(fields))
+    fields = {}
+  end
+end
+if #fields > 0 then redis.call('HSET', KEYS[4], unpack(fields)) end
+redis.call('INCRBY', KEYS[5], #ARGV - 9)
+redis.call('PUBLISH', ARGV[7], '')
+return {'queued'}
+"""
+
+# A batch is committed (or recorded as failed): its ids are no longer queued. Idempotent: a
+# batch run twice finds its fields gone the second time and counts nothing twice.
+# KEYS: batched hash, batched counter. ARGV: ids.
+_BATCH_DONE_SCRIPT = """
+local removed = 0
+for i = 1, #ARGV, 500 do
+  removed = removed + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 499, #ARGV)))
+end
+if removed > 1 then redis.call('DECRBY', KEYS[2], removed - 1) end
+return removed
 """
 
 
@@ -148,6 +214,11 @@ class Unavailable(Exception):
         self.outcome_known = outcome_known
 
 
+class QueueBehind(Exception):
+    """The queue's oldest job has waited longer than :data:`MAX_QUEUE_AGE_MS`: storage is not
+    keeping up, and a batch accepted now would wait too (nothing was queued)."""
+
+
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before with a different body."""
 
@@ -157,6 +228,14 @@ class Accepted:
     """What ingest answers: the message id and when it was received."""
 
     id: str
+    received_at: str
+
+
+@dataclass(frozen=True)
+class AcceptedBatch:
+    """What a bulk write answers: the documents' ids, in line order, and when they were received."""
+
+    ids: list[str]
     received_at: str
 
 
@@ -174,6 +253,7 @@ class Enqueuer:
     def __init__(self, url: str) -> None:
         self._redis = connect(url, retry_dropped=False)
         self._script = self._redis.register_script(_ENQUEUE_SCRIPT)
+        self._batch_script = self._redis.register_script(_ENQUEUE_BATCH_SCRIPT)
         self._offset_ms = 0.0
         self._synced_at = float("-inf")
 
@@ -192,16 +272,75 @@ class Enqueuer:
         body: bytes = b"",
     ) -> Accepted:
         """Queue a store job for one message, or raise Unavailable / IdempotencyConflict."""
+        digest = ""
+        if idempotency_key is not None:
+            # The same key and body sent to another channel is another request (422).
+            digest = _sha256(body if channel == DEFAULT_CHANNEL else channel.encode() + b"\n" + body)
+        reply, maybe_sent = await self._until_settled(
+            lambda: self._run_script(message_id, payload, received_at, channel, idempotency_key, digest)
+        )
+        status = reply[0].decode()
+        if status == "late":
+            raise Unavailable(
+                "Redis answered after the deadline; nothing was queued", outcome_known=not maybe_sent
+            )
+        if status == "existing":
+            previous_id, previous_received_at, previous_digest = reply[1].decode().split(" ")[:3]
+            if previous_id == message_id:  # our own earlier attempt got through
+                return Accepted(message_id, received_at)
+            if previous_digest != digest:
+                raise IdempotencyConflict(previous_id)
+            return Accepted(previous_id, previous_received_at)
+        return Accepted(message_id, received_at)
+
+    async def enqueue_batch(
+        self,
+        batch_id: str,
+        message_ids: list[str],
+        payloads: list[str],
+        received_at: str,
+        *,
+        channel: str = DEFAULT_CHANNEL,
+        idempotency_key: str | None = None,
+        body: bytes = b"",
+    ) -> AcceptedBatch:
+        """Queue one store job for a whole batch (one round trip), or raise Unavailable,
+        QueueBehind or IdempotencyConflict. A replay of the key answers the first batch's ids."""
+        digest = ""
+        if idempotency_key is not None:
+            # A batch is another request than the same bytes sent as one document (422).
+            digest = _sha256(b"x-ndjson\n" + channel.encode() + b"\n" + body)
+        reply, maybe_sent = await self._until_settled(
+            lambda: self._run_batch_script(
+                batch_id, message_ids, payloads, received_at, channel, idempotency_key, digest
+            )
+        )
+        status = reply[0].decode()
+        if status == "late":
+            raise Unavailable(
+                "Redis answered after the deadline; nothing was queued", outcome_known=not maybe_sent
+            )
+        if status == "busy":
+            raise QueueBehind()
+        if status == "existing":
+            previous = reply[1].decode().split(" ")
+            if previous[0] == batch_id:  # our own earlier attempt got through
+                return AcceptedBatch(message_ids, received_at)
+            if previous[2] != digest or len(previous) < 4:
+                raise IdempotencyConflict(previous[0])
+            return AcceptedBatch(previous[3].split(","), previous[1])
+        return AcceptedBatch(message_ids, received_at)
+
+    async def _until_settled(self, attempt: Callable[[], Awaitable[list[bytes]]]) -> tuple[list[bytes], bool]:
+        """Run an enqueue script until it answers; returns its reply and whether an earlier
+        attempt may have reached Redis."""
         give_up_at = time.monotonic() + _DEADLINE_S
         maybe_sent = False
         delay_s = 0.0
         while True:
             try:
                 await self._sync_clock()
-                reply, digest = await self._run_script(
-                    message_id, payload, received_at, channel, idempotency_key, body
-                )
-                break
+                return await attempt(), maybe_sent
             except RedisConnectionError as exc:
                 # redis-py words every failure to connect "Error ... connecting to ..."; any other
                 # connection error happened with the command possibly on its way (contracts.py).
@@ -218,19 +357,6 @@ class Enqueuer:
                 raise Unavailable(
                     f"{type(exc).__name__}: {exc}", outcome_known=not (maybe_sent or timed_out)
                 ) from exc
-        status = reply[0].decode()
-        if status == "late":
-            raise Unavailable(
-                "Redis answered after the deadline; nothing was queued", outcome_known=not maybe_sent
-            )
-        if status == "existing":
-            previous_id, previous_received_at, previous_digest = reply[1].decode().split(" ")
-            if previous_id == message_id:  # our own earlier attempt got through
-                return Accepted(message_id, received_at)
-            if previous_digest != digest:
-                raise IdempotencyConflict(previous_id)
-            return Accepted(previous_id, previous_received_at)
-        return Accepted(message_id, received_at)
 
     async def _run_script(
         self,
@@ -239,17 +365,14 @@ class Enqueuer:
         received_at: str,
         channel: str,
         idempotency_key: str | None,
-        body: bytes,
-    ) -> tuple[list[bytes], str]:
+        digest: str,
+    ) -> list[bytes]:
         now_ms = time.time() * 1000
         job_args = (message_id, payload, received_at, channel)
         job = serialize_job(STORE_JOB, job_args, {}, None, int(now_ms), serializer=dumps_job)
         keys = [job_key_prefix + message_id, QUEUE_NAME, LAST_ENQUEUED_KEY]
-        digest = ""
         if idempotency_key is not None:
             keys.append(IDEMPOTENCY_PREFIX + _sha256(idempotency_key.encode()))
-            # The same key and body sent to another channel is another request (422).
-            digest = _sha256(body if channel == DEFAULT_CHANNEL else channel.encode() + b"\n" + body)
         args: list[Any] = [
             int(now_ms + self._offset_ms + _DEADLINE_S * 1000),
             message_id,
@@ -260,7 +383,37 @@ class Enqueuer:
             WAKE_CHANNEL,
         ]
         reply: list[bytes] = await self._script(keys=keys, args=args)
-        return reply, digest
+        return reply
+
+    async def _run_batch_script(
+        self,
+        batch_id: str,
+        message_ids: list[str],
+        payloads: list[str],
+        received_at: str,
+        channel: str,
+        idempotency_key: str | None,
+        digest: str,
+    ) -> list[bytes]:
+        now_ms = time.time() * 1000
+        job_args = (batch_id, message_ids, payloads, received_at, channel)
+        job = serialize_job(STORE_BATCH_JOB, job_args, {}, None, int(now_ms), serializer=dumps_job)
+        keys = [job_key_prefix + batch_id, QUEUE_NAME, LAST_ENQUEUED_KEY, BATCHED_KEY, BATCHED_EXTRA_KEY]
+        if idempotency_key is not None:
+            keys.append(IDEMPOTENCY_PREFIX + _sha256(idempotency_key.encode()))
+        args: list[Any] = [
+            int(now_ms + self._offset_ms + _DEADLINE_S * 1000),
+            batch_id,
+            job,
+            JOB_TTL_MS,
+            f"{batch_id} {received_at} {digest} {','.join(message_ids)}",
+            IDEMPOTENCY_TTL_S,
+            WAKE_CHANNEL,
+            MAX_QUEUE_AGE_MS,
+            *message_ids,
+        ]
+        reply: list[bytes] = await self._batch_script(keys=keys, args=args)
+        return reply
 
     async def _sync_clock(self) -> None:
         # The deadline is on Redis's clock; learn its offset from ours (error <= RTT/2).
@@ -278,8 +431,28 @@ def _sha256(data: bytes) -> str:
 
 
 async def job_exists(redis: ArqRedis, message_id: str) -> bool:
-    """True while the store job for ``message_id`` is queued or running."""
-    return bool(await redis.exists(job_key_prefix + message_id))
+    """True while the store job for ``message_id`` (its own, or its batch's) is queued or running."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.exists(job_key_prefix + message_id)
+        pipe.hget(BATCHED_KEY, message_id)
+        own, batch_id = await pipe.execute()
+    if own:
+        return True
+    return bool(batch_id) and bool(await redis.exists(job_key_prefix + batch_id.decode()))
+
+
+async def batch_done(redis: ArqRedis, message_ids: list[str]) -> None:
+    """A batch is committed (or recorded as failed): its ids are no longer queued."""
+    await redis.eval(_BATCH_DONE_SCRIPT, 2, BATCHED_KEY, BATCHED_EXTRA_KEY, *message_ids)  # type: ignore[misc]
+
+
+async def queued_documents(redis: ArqRedis) -> int:
+    """Documents queued or in progress: one per single-document job, every one of a batch's."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(QUEUE_NAME)
+        pipe.get(BATCHED_EXTRA_KEY)
+        jobs, extra = await pipe.execute()
+    return int(jobs) + int(extra or 0)
 
 
 async def worker_alive(redis: ArqRedis) -> bool:
@@ -295,6 +468,12 @@ async def publish(redis: ArqRedis, packed: str) -> None:
 async def record_failure(redis: ArqRedis, message_id: str, details: dict[str, Any]) -> None:
     """Keep a message whose store gave up where an operator can see it."""
     await redis.hset(FAILED_KEY, message_id, orjson.dumps(details))  # type: ignore[misc,arg-type]
+
+
+async def record_failures(redis: ArqRedis, records: dict[str, dict[str, Any]]) -> None:
+    """Keep a batch's messages whose store gave up where an operator can see them."""
+    mapping = {message_id: orjson.dumps(details) for message_id, details in records.items()}
+    await redis.hset(FAILED_KEY, mapping=mapping)  # type: ignore[misc]
 
 
 async def failure(redis: ArqRedis, message_id: str) -> dict[str, Any] | None:

@@ -28,14 +28,19 @@ from typing import NamedTuple
 from arq.connections import ArqRedis
 
 from . import bus
+from .bulk import MAX_DOCUMENTS
 from .messages import Message, channel_of, render, seq_of, unpack
 from .store import TRANSIENT_ERRORS, Store
 from .tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
-MAX_BUFFER_MESSAGES = 1000
+# A stream's bound holds two full bulk batches (SPEC §12), so a client that keeps reading is
+# never closed as slow because a batch arrived at once; see :func:`buffer_bytes`.
+MAX_BUFFER_MESSAGES = 2 * MAX_DOCUMENTS
 MAX_BUFFER_BYTES = 1024 * 1024
+# What a message's representation adds to its payload (id, seq, channel, two times), rounded up.
+_ENVELOPE_BYTES = 256
 _FILL_PAGE = 1000
 _SSE_LINE_END = re.compile("\r\n|\r|\n")
 
@@ -86,6 +91,11 @@ def delivery(rendered: str, seq: int | None = None, channel: str | None = None) 
 def deliveries(messages: Iterable[Message]) -> list[Delivery]:
     """Deliveries for messages read from the database."""
     return [delivery(render(message), message.seq, message.channel) for message in messages]
+
+
+def buffer_bytes(max_body_bytes: int) -> int:
+    """A stream's bound in bytes: two full batches of ``max_body_bytes`` with their envelopes."""
+    return max(MAX_BUFFER_BYTES, 2 * (max_body_bytes + MAX_DOCUMENTS * _ENVELOPE_BYTES))
 
 
 class Overflow(Exception):

@@ -1,7 +1,9 @@
 """Ingest: accepting one JSON document.
 
 :func:`accept` is what ``POST``/``PUT /messages`` does: validate the body, queue it, and say
-what to answer (after :func:`check_idempotency_key`; ``access`` checked the token before).
+what to answer (after :func:`check_idempotency_key`; ``access`` checked the token before);
+:func:`accept_batch` does the same for a bulk write (``Content-Type: application/x-ndjson``, see
+``bulk.py``).
 :func:`serve_ingest` is the route itself, at the ASGI level, in front of Quart (see
 ``front.ROUTES``): Quart's per-request work was about 40% of the web process's CPU per message.
 """
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from . import bus, channels, metrics, shedding
+from . import bulk, bus, channels, metrics, shedding
 from .asgi import Receive, Scope, Send
 from .bounds import bodies_in_flight
 from .messages import DEFAULT_CHANNEL, InvalidBody, new_id, parse_body, utc_timestamp
@@ -113,6 +115,55 @@ async def accept(
     return Answer(202, orjson.dumps(document), {"Location": f"/messages/{accepted.id}"})
 
 
+async def accept_batch(
+    found: Services, body: bytes, idempotency_key: str | None, channel: str = DEFAULT_CHANNEL
+) -> Answer:
+    """Validate every line of a bulk write (SPEC §12) and queue the batch as one job, or raise
+    Problem and queue nothing."""
+    payloads = bulk.documents(body)
+    await shedding.check(found.redis, found.settings.max_queue_depth, documents=len(payloads))
+    batch_id, received_at = new_id(), utc_timestamp()
+    message_ids = [new_id() for _ in payloads]
+    try:
+        accepted = await found.enqueuer.enqueue_batch(
+            batch_id,
+            message_ids,
+            payloads,
+            received_at,
+            channel=channel,
+            idempotency_key=idempotency_key,
+            body=body,
+        )
+    except bus.Unavailable as exc:
+        # The batch is one job, stored in one transaction: its first id tells about all of them.
+        not_queued = True if exc.outcome_known else await _surely_not_queued(found, message_ids[0])
+        if not_queued is True:
+            raise unavailable("The queue (Redis)") from None
+        if not_queued is None:
+            raise Problem(
+                503,
+                "Redis stopped answering while the batch was being queued: it may or may not have "
+                "been queued, whole. Send it again with the same Idempotency-Key to have it stored "
+                "exactly once.",
+                headers={"Retry-After": RETRY_AFTER_S},
+                extensions={"outcome": "unknown"},
+                kind="outcome-unknown",
+            ) from None
+        accepted = bus.AcceptedBatch(message_ids, received_at)
+    except bus.QueueBehind:
+        raise Problem(
+            503,
+            f"Storage is behind (the oldest queued message has waited over {bus.MAX_QUEUE_AGE_MS} ms); "
+            "nothing was queued. Try again shortly.",
+            headers={"Retry-After": "1"},
+            kind="queue-behind",
+        ) from None
+    except bus.IdempotencyConflict as exc:
+        raise Problem(422, f"This Idempotency-Key was used for request {exc} with another body.") from None
+    document = {"ids": accepted.ids, "status": "queued", "received_at": accepted.received_at}
+    return Answer(202, orjson.dumps(document))
+
+
 async def serve_ingest(found: Services, scope: Scope, receive: Receive, send: Send) -> None:
     """``POST``/``PUT`` on an ingest path, at the ASGI level (``front.ROUTES`` says which paths)."""
     started_s = time.perf_counter()
@@ -126,7 +177,10 @@ async def serve_ingest(found: Services, scope: Scope, receive: Receive, send: Se
             body = await _read_body(receive, found.settings.max_body_bytes)
             if body is None:
                 return  # the client went away
-            answer = await accept(found, body, key, channel)
+            if bulk.is_bulk(headers.get("content-type")):
+                answer = await accept_batch(found, body, key, channel)
+            else:
+                answer = await accept(found, body, key, channel)
         finally:
             bodies_in_flight.release(size)
     except Problem as problem:

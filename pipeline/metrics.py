@@ -372,15 +372,18 @@ def _restore(deltas: list[tuple[str, int | float]]) -> None:
 
 
 async def queue_state(redis: ArqRedis) -> tuple[int, float | None]:
-    """Jobs queued or running now, and the age in seconds of the oldest (None when empty)."""
+    """Messages queued or being stored now (every document of a batch), and the age in seconds of
+    the oldest job (None when empty)."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zcard(QUEUE_KEY)
         pipe.zrange(QUEUE_KEY, 0, 0, withscores=True)
-        depth, oldest = await pipe.execute()
+        pipe.get(bus.BATCHED_EXTRA_KEY)  # a bulk write's job holds all its documents
+        jobs, oldest, extra = await pipe.execute()
+    depth = int(jobs) + int(extra or 0)
     if not oldest:
-        return int(depth), None
+        return depth, None
     # A job's score is when it became due (enqueue time, or a retry's deferred time), in ms.
-    return int(depth), max(0.0, time.time() - float(oldest[0][1]) / 1000)
+    return depth, max(0.0, time.time() - float(oldest[0][1]) / 1000)
 
 
 async def exposition(redis: ArqRedis, reporter: Reporter | None) -> bytes:

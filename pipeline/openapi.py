@@ -86,25 +86,35 @@ _IDEMPOTENCY_KEY = {
 def _ingest(summary: str) -> dict[str, Any]:
     return {
         "summary": summary,
-        "description": "The body is parsed as strict JSON whatever the `Content-Type`.",
+        "description": "The body is parsed as strict JSON whatever the `Content-Type`, except "
+        "`application/x-ndjson`: a batch of up to 1,000 documents, one per line, all or nothing "
+        "(SPEC §12).",
         "security": [{}, {"ingestToken": []}],
         "parameters": [_IDEMPOTENCY_KEY],
         "requestBody": {
             "required": True,
             "description": "Any JSON document (kept as the exact text sent).",
-            "content": {"application/json": {"schema": {}}},
+            "content": {
+                "application/json": {"schema": {}},
+                "application/x-ndjson": {
+                    "schema": {"type": "string"},
+                    "description": "One JSON document per line (ending at `\\n`; blank lines skipped).",
+                },
+            },
         },
         "responses": {
             "202": {
-                "description": "Queued; it will be stored exactly once.",
+                "description": "Queued; it will be stored exactly once (a batch: every document, in "
+                "line order, in one transaction).",
                 "headers": {
                     "Location": {
-                        "description": "`/messages/<id>`",
+                        "description": "`/messages/<id>` (not for a batch)",
                         "schema": {"type": "string"},
-                        "required": True,
                     }
                 },
-                "content": {"application/json": {"schema": _ref("Accepted")}},
+                "content": {
+                    "application/json": {"schema": {"oneOf": [_ref("Accepted"), _ref("AcceptedBatch")]}}
+                },
             },
             "400": _problem_response(
                 "Empty body, malformed JSON, invalid UTF-8, NaN/Infinity, too deep; a bad Idempotency-Key."
@@ -112,12 +122,13 @@ def _ingest(summary: str) -> dict[str, Any]:
             "401": _problem_response("INGEST_TOKEN is set and the bearer token is missing or wrong."),
             "403": _problem_response("A browser request from an origin that is not allowed."),
             "408": _problem_response("The body did not arrive within 30 seconds."),
-            "413": _problem_response("The body is larger than MAX_BODY_BYTES."),
+            "413": _problem_response("The body is larger than MAX_BODY_BYTES; a batch of more than 1,000."),
             "422": _problem_response("The Idempotency-Key was used with another body."),
             "503": _problem_response(
-                "Nothing was queued (queue-full or redis-unavailable), or it cannot be told "
-                "(outcome-unknown: resend with the same Idempotency-Key).",
+                "Nothing was queued (queue-full, queue-behind for a batch, or redis-unavailable), or "
+                "it cannot be told (outcome-unknown: resend with the same Idempotency-Key).",
                 "queue-full",
+                "queue-behind",
                 "redis-unavailable",
                 "outcome-unknown",
                 retry_after=True,
@@ -265,6 +276,15 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["id", "status", "received_at"],
             "properties": {"id": uuid, "status": {"const": "queued"}, "received_at": timestamp},
+        },
+        "AcceptedBatch": {
+            "type": "object",
+            "required": ["ids", "status", "received_at"],
+            "properties": {
+                "ids": {"type": "array", "items": uuid, "minItems": 1, "maxItems": 1000},
+                "status": {"const": "queued"},
+                "received_at": timestamp,
+            },
         },
         "Queued": {
             "type": "object",

@@ -38,6 +38,11 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
         "More messages are queued or being stored than MAX_QUEUE_DEPTH allows: the write was "
         "refused and nothing was queued. Retry after the Retry-After delay.",
     ),
+    "queue-behind": (
+        "Storage behind",
+        "A bulk write (SPEC §12) was refused because the oldest queued message has waited longer "
+        "than storage allows (100 ms): nothing was queued. Retry after the Retry-After delay.",
+    ),
     "redis-unavailable": (
         "Redis unavailable",
         "Redis (the queue) refused, is down or did not answer in time: nothing was queued. "

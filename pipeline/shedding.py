@@ -2,8 +2,9 @@
 
 Accepting what cannot be stored soon only moves the failure later (and into Redis's memory), so
 past the bound a write answers ``503`` + ``Retry-After`` with the problem type ``queue-full``,
-distinct from ``redis-unavailable``, and queues nothing. The depth (``ZCARD`` of arq's queue:
-jobs stay there until finished, so it counts queued and running jobs) is read at most once a
+distinct from ``redis-unavailable``, and queues nothing. The depth (messages queued or running:
+``bus.queued_documents``, arq's queue, where jobs stay until finished, with every document of a
+bulk write's job counted, SPEC §11) is read at most once a
 second per process, by one request while the others use the last figure; each write this
 process lets through counts towards that figure until the next read.
 """
@@ -15,7 +16,7 @@ import time
 
 from arq.connections import ArqRedis
 
-from .metrics import QUEUE_KEY
+from . import bus
 from .problems import Problem
 
 RETRY_AFTER_S = "2"
@@ -57,7 +58,7 @@ async def _read(redis: ArqRedis) -> None:
     _depth.reading = True
     try:
         async with asyncio.timeout(_READ_TIMEOUT_S):
-            _depth.value = int(await redis.zcard(QUEUE_KEY))
+            _depth.value = await bus.queued_documents(redis)  # a batch counts its documents
     except Exception:  # noqa: BLE001 - unknown depth: do not shed; the enqueue will tell
         pass
     finally:

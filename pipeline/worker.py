@@ -66,6 +66,71 @@ async def store_message(
     return message.seq
 
 
+async def store_batch(
+    ctx: dict[str, Any],
+    batch_id: str,
+    message_ids: list[str],
+    payloads: list[str],
+    received_at: str,
+    channel: str,
+) -> int:
+    """arq job: store a bulk write's documents, in line order, in one transaction, announce them
+    in one notification, then mark its ids no longer queued; returns the last ``seq``."""
+    settings: Settings = ctx["settings"]
+    tries: int = ctx["job_try"]
+    rows = [
+        (message_id, payload, received_at, channel)
+        for message_id, payload in zip(message_ids, payloads, strict=True)
+    ]
+    try:
+        async with asyncio.timeout(STORE_TIMEOUT_S):
+            writer: Writer = ctx["writer"]
+            stored = await writer.save_batch(rows)
+    except _RETRYABLE as exc:
+        if tries < settings.store_max_tries:
+            delay_s = min(settings.store_retry_base_s * 2 ** (tries - 1), 30.0)
+            logger.warning(
+                "store of batch %s failed (try %d): %s; retrying in %.2fs", batch_id, tries, exc, delay_s
+            )
+            raise Retry(defer=delay_s) from exc
+        await _give_up_batch(ctx, batch_id, rows, exc)
+        raise
+    except Exception as exc:
+        await _give_up_batch(ctx, batch_id, rows, exc)
+        raise
+    try:
+        await bus.batch_done(ctx["redis"], message_ids)
+    except bus.REDIS_ERRORS as exc:
+        # Stored; run again (storing twice stores once) so its ids stop counting as queued.
+        raise Retry(defer=1.0) from exc
+    return stored[-1].seq
+
+
+async def _give_up_batch(
+    ctx: dict[str, Any], batch_id: str, rows: list[tuple[str, str, str, str]], exc: BaseException
+) -> None:
+    logger.error("store of batch %s failed for good after %d tries: %r", batch_id, ctx["job_try"], exc)
+    for _ in rows:
+        metrics.failed()
+    failed_at, error = utc_timestamp(), f"{type(exc).__name__}: {exc}"
+    await bus.record_failures(
+        ctx["redis"],
+        {
+            message_id: {
+                "id": message_id,
+                "payload": payload,
+                "received_at": received_at,
+                "channel": channel,
+                "failed_at": failed_at,
+                "tries": ctx["job_try"],
+                "error": error,
+            }
+            for message_id, payload, received_at, channel in rows
+        },
+    )
+    await bus.batch_done(ctx["redis"], [row[0] for row in rows])
+
+
 async def _give_up(
     ctx: dict[str, Any], message_id: str, payload: str, received_at: str, channel: str, exc: BaseException
 ) -> None:
@@ -112,7 +177,10 @@ def create_worker(settings: Settings, *, handle_signals: bool = True) -> Batchin
     """An arq worker for ``settings`` (Redis must be set in ``settings.redis_url``)."""
     assert settings.redis_url, "the worker needs a Redis URL"
     return BatchingWorker(
-        functions=[func(store_message, name=bus.STORE_JOB, timeout=JOB_TIMEOUT_S)],
+        functions=[
+            func(store_message, name=bus.STORE_JOB, timeout=JOB_TIMEOUT_S),
+            func(store_batch, name=bus.STORE_BATCH_JOB, timeout=JOB_TIMEOUT_S),
+        ],
         queue_name=bus.QUEUE_NAME,
         redis_pool=bus.connect(settings.redis_url),
         on_startup=_startup,

@@ -1,14 +1,16 @@
 """The worker process's single database writer: group commit, then publish.
 
-Jobs hand it one row each and wait; it commits whatever rows have gathered in one transaction
-(so a burst costs one commit, not one per message), then announces them on Redis, and only then
-lets each job return. One writer per worker process keeps writes in one place and in order.
+Jobs hand it one row each (a bulk write's job: its whole batch, never split) and wait; it
+commits whatever rows have gathered in one transaction (so a burst costs one commit, not one
+per message), then announces them on Redis in one notification, and only then lets each job
+return. One writer per worker process keeps writes in one place and in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 
 from arq.connections import ArqRedis
@@ -20,17 +22,23 @@ from .tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
-MAX_BATCH = 500
+# Rows per transaction: a bulk write's batch (up to 1,000) always goes whole; whatever else has
+# gathered joins it up to this bound (5 parameters a row stays far below SQLite's 32,766).
+MAX_ROWS = 2000
+
+# The rows a job hands over (one message, or a batch in line order) and what it waits on.
+_Item = tuple[list[Row], "asyncio.Future[list[Message]]"]
 
 
 class Writer:
     """The worker process's only database writer: one transaction for whatever has gathered."""
 
-    def __init__(self, store: Store, redis: ArqRedis, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, store: Store, redis: ArqRedis, *, max_rows: int = MAX_ROWS) -> None:
         self._store = store
         self._redis = redis
-        self._max_batch = max_batch
-        self._pending: asyncio.Queue[tuple[Row, asyncio.Future[Message]]] = asyncio.Queue()
+        self._max_rows = max_rows
+        self._pending: deque[_Item] = deque()
+        self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -44,24 +52,37 @@ class Writer:
 
     async def save(self, row: Row) -> Message:
         """Store one row and return it as stored (once committed and announced)."""
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending.put_nowait((row, future))
+        (message,) = await self.save_batch([row])
+        return message
+
+    async def save_batch(self, rows: list[Row]) -> list[Message]:
+        """Store rows in one transaction, in this order, and return them as stored (once
+        committed and announced, in one notification)."""
+        future: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
+        self._pending.append((rows, future))
+        self._arrived.set()
         return await future
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._pending.get()]
-            while len(batch) < self._max_batch and not self._pending.empty():
-                batch.append(self._pending.get_nowait())
-            # A job that already gave up (timed out, cancelled) will run again; skip its row.
-            batch = [(row, future) for row, future in batch if not future.done()]
+            if not self._pending:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            batch = [self._pending.popleft()]
+            size = len(batch[0][0])
+            while self._pending and size + len(self._pending[0][0]) <= self._max_rows:
+                size += len(self._pending[0][0])
+                batch.append(self._pending.popleft())
+            # A job that already gave up (timed out, cancelled) will run again; skip its rows.
+            batch = [(rows, future) for rows, future in batch if not future.done()]
             if batch:
                 await self._write(batch)
 
-    async def _write(self, batch: Sequence[tuple[Row, asyncio.Future[Message]]]) -> None:
+    async def _write(self, batch: Sequence[_Item]) -> None:
         started_at = utc_timestamp()
         try:
-            stored = await self._store.save([row for row, _ in batch])
+            stored = await self._store.save([row for rows, _ in batch for row in rows])
         except Exception as exc:  # noqa: BLE001 - each job decides what its failure means
             for _, future in batch:
                 if not future.done():
@@ -74,6 +95,6 @@ class Writer:
             # Stored is what counts; every web process catches up from the database.
             logger.warning("stored %d messages but could not announce them: %s", len(stored), exc)
         by_id = {message.id: message for message in stored}
-        for row, future in batch:
+        for rows, future in batch:
             if not future.done():
-                future.set_result(by_id[row[0]])
+                future.set_result([by_id[row[0]] for row in rows])

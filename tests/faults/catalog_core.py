@@ -35,8 +35,8 @@ FAULTS: list[Fault] = [
     Fault(
         name="fifo-group-commit-reversed",
         path="pipeline/writer.py",
-        find="batch = [(row, future) for row, future in batch if not future.done()]",
-        replace="batch = [(row, future) for row, future in reversed(batch) if not future.done()]",
+        find="batch = [(rows, future) for rows, future in batch if not future.done()]",
+        replace="batch = [(rows, future) for rows, future in reversed(batch) if not future.done()]",
         tests=(_ORDER,),
         guarantee="Messages accepted one after another are stored in that order (one worker): "
         "the group commit inserts a batch's rows backwards.",
