@@ -169,7 +169,7 @@ async def _serve_accepted(
     write = _frame_writer(send, transport)
     streaming = asyncio.create_task(_stream_frames(found, after, write, send, transport, channels, epoch))
     # The client may go away at any time; then the stream (and its subscription) must end.
-    listening = asyncio.create_task(_until_disconnect(receive))
+    listening = asyncio.create_task(_until_disconnect(receive, send))
     metrics.stream_opened("ws")
     try:
         await asyncio.wait({streaming, listening}, return_when=asyncio.FIRST_COMPLETED)
@@ -249,9 +249,25 @@ async def _cut_off_if_stalled(transport: asyncio.Transport) -> None:
         await asyncio.sleep(0.25)
 
 
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "websocket.disconnect":
-        pass  # clients have nothing to say (hypercorn caps the size of a message; web.py)
+# How often an idle stream checks whether hypercorn has begun closing it by itself.
+_CLOSING_CHECK_S = 2.0
+
+
+async def _until_disconnect(receive: Receive, send: Send) -> None:
+    # Clients have nothing to say (hypercorn caps the size of a message; web.py). Hypercorn
+    # answers an oversized message with a close (1009) itself, but when the client's close reply
+    # comes in the same read as the rest of that message it never sees the reply, so no
+    # disconnect arrives: a stream whose connection is no longer open ends here instead.
+    stream = getattr(send, "__self__", None)
+    connection = getattr(stream, "connection", None) if isinstance(stream, WSStream) else None
+    while True:
+        try:
+            async with asyncio.timeout(None if connection is None else _CLOSING_CHECK_S):
+                if (await receive())["type"] == "websocket.disconnect":
+                    return
+        except TimeoutError:
+            if connection.state is not WSState.OPEN:  # type: ignore[union-attr]
+                return
 
 
 # Writes frames, each given as its encoded bytes and its text.
