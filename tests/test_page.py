@@ -590,7 +590,7 @@ def test_page_resumes_after_the_service_restarts(
         # While its web process is down Chromium reports the page's refused attempts to connect
         # (WebSocket, then the SSE fallback it tries at once).
         allow_console=[
-            r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws\?after=\d+' failed: "
+            r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws\?after=\d+[^']*' failed: "
             r"Error in connection establishment: net::ERR_CONNECTION_REFUSED$",
             r"^Failed to load resource: net::ERR_CONNECTION_REFUSED$",
         ],
