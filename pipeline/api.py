@@ -79,8 +79,11 @@ async def _list(narrow: frozenset[str] | None) -> Response:
         if tail is not None:
             # Streamed like any read: from just before the newest ``tail``, page by page.
             limit = tail if limit is None else min(tail, limit)
-            after = await store.tail_after(limit, after=after, until=until, channels=narrow)
-        first = await store.after(after, _page_size(limit), until, channels=narrow)
+            after, first = await store.tail_page(
+                limit, _page_size(limit), after=after, until=until, channels=narrow
+            )
+        else:
+            first = await store.after(after, _page_size(limit), until, channels=narrow)
     except TRANSIENT_ERRORS:
         raise unavailable("The database", "database-unavailable") from None
 

@@ -242,6 +242,31 @@ class Store:
         rows = self._execute(sql, params).fetchall()
         return int(rows[-1][0]) - 1 if len(rows) == count else after
 
+    async def tail_page(
+        self,
+        count: int,
+        limit: int,
+        *,
+        after: int = 0,
+        until: int | None = None,
+        channels: Collection[str] | None = None,
+    ) -> tuple[int, list[Message]]:
+        """:meth:`tail_after` and the first page after it (up to ``limit``), read in one
+        snapshot, so a tail that fits in a page is exactly the newest ``count`` even while
+        retention purges (the rest of a longer tail streams page by page like any read)."""
+        return await self._call(self._tail_page, count, limit, after, until, channels)
+
+    def _tail_page(
+        self, count: int, limit: int, after: int, until: int | None, channels: Collection[str] | None
+    ) -> tuple[int, list[Message]]:
+        with self._db.atomic():
+            if self._is_postgres:
+                # One snapshot for both reads (the default, READ COMMITTED, takes one per statement).
+                self._execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            # (SQLite in WAL mode: a read transaction sees one snapshot from its first read.)
+            start = self._tail_after(count, after, until, channels)
+            return start, self._after(start, limit, until, channels)
+
     def _select(
         self,
         columns: str,
