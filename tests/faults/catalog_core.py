@@ -177,6 +177,14 @@ FAULTS: list[Fault] = [
         path="pipeline/hub.py",
         find="if len(self._items) > self._max_messages or self._bytes > self._max_bytes:",
         replace="if False:",
+        # The socket-backlog check in take_pending would also notice a stalled reader; without
+        # either, only the write-drain cut-off is left, long after the bound was passed.
+        more=(
+            (
+                "and backlog is not None and self._bytes + backlog() > self._max_bytes:",
+                "and False:",
+            ),
+        ),
         tests=("tests/test_slow_clients.py::test_a_stalled_sse_stream_ends_and_resumes",),
         guarantee="A client that stops reading is closed (1013, or the SSE response ends) and the "
         "web process's memory stays bounded.",
