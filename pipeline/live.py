@@ -167,9 +167,12 @@ async def _serve_accepted(
     await send({"type": "websocket.accept"})
     transport = transport_of(send)
     write = _frame_writer(send, transport)
-    streaming = asyncio.create_task(_stream_frames(found, after, write, send, transport, channels, epoch))
+    closing = asyncio.Event()  # set once this stream sends its own close
+    streaming = asyncio.create_task(
+        _stream_frames(found, after, write, send, transport, channels, epoch, closing)
+    )
     # The client may go away at any time; then the stream (and its subscription) must end.
-    listening = asyncio.create_task(_until_disconnect(receive, send))
+    listening = asyncio.create_task(_until_disconnect(receive, send, closing))
     metrics.stream_opened("ws")
     try:
         await asyncio.wait({streaming, listening}, return_when=asyncio.FIRST_COMPLETED)
@@ -201,7 +204,8 @@ async def _stream_frames(
     send: Send,
     transport: asyncio.Transport | None,
     channels: frozenset[str] | None,
-    epoch: str | None = None,
+    epoch: str | None,
+    closing: asyncio.Event,
 ) -> None:
     backlog = None if transport is None else SocketBacklog(transport)
     try:
@@ -215,9 +219,11 @@ async def _stream_frames(
                     metrics.delivered("ws", batch)
     except Overflow:
         metrics.closed_slow("ws")
-        closing = send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER, "reason": _TOO_SLOW})
-        await _close_stalled(transport, closing)
+        closing.set()
+        goodbye = send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER, "reason": _TOO_SLOW})
+        await _close_stalled(transport, goodbye)
     except Closed:
+        closing.set()
         await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": _GOING_AWAY})
 
 
@@ -253,11 +259,12 @@ async def _cut_off_if_stalled(transport: asyncio.Transport) -> None:
 _CLOSING_CHECK_S = 2.0
 
 
-async def _until_disconnect(receive: Receive, send: Send) -> None:
+async def _until_disconnect(receive: Receive, send: Send, closing: asyncio.Event) -> None:
     # Clients have nothing to say (hypercorn caps the size of a message; web.py). Hypercorn
     # answers an oversized message with a close (1009) itself, but when the client's close reply
     # comes in the same read as the rest of that message it never sees the reply, so no
-    # disconnect arrives: a stream whose connection is no longer open ends here instead.
+    # disconnect arrives: a stream whose connection is no longer open, though it did not close
+    # it itself (its own close waits for a stalled client, then resets it), ends here instead.
     stream = getattr(send, "__self__", None)
     connection = getattr(stream, "connection", None) if isinstance(stream, WSStream) else None
     while True:
@@ -266,7 +273,7 @@ async def _until_disconnect(receive: Receive, send: Send) -> None:
                 if (await receive())["type"] == "websocket.disconnect":
                     return
         except TimeoutError:
-            if connection.state is not WSState.OPEN:  # type: ignore[union-attr]
+            if connection.state is not WSState.OPEN and not closing.is_set():  # type: ignore[union-attr]
                 return
 
 
