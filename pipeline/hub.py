@@ -56,6 +56,10 @@ class Delivery(NamedTuple):
     channel: str
 
 
+# Writes deliveries to a connection without waiting, or says False (it would have to wait).
+DirectWriter = Callable[[list[Delivery]], bool]
+
+
 def websocket_frame(text: str) -> bytes:
     """A complete unfragmented, unmasked text frame (RFC 6455 §5.2), as a server sends it.
 
@@ -130,18 +134,45 @@ class Subscription:
         self._max_bytes = max_bytes
         self._ready = asyncio.Event()
         self._error: Exception | None = None
+        # The highest seq this stream has sent; set by its reader (see ``follow``).
+        self.sent = 0
+        self._direct: DirectWriter | None = None
+        self._waiting = False  # the reader is parked in wait() with nothing of its own in flight
 
-    def offer(self, item: Delivery) -> None:
-        """Queue a delivery (if it is for this stream's channels); past the bound the
-        subscription fails with Overflow."""
-        if self._error is not None or (self.channels is not None and item.channel not in self.channels):
+    def offer(self, items: list[Delivery], size: int) -> None:
+        """Queue deliveries in ``seq`` order (``size``: the bytes of their texts), those of
+        this stream's channels; past the bound the subscription fails with Overflow."""
+        if self._error is not None:
             return
-        self._items.append(item)
-        self._bytes += len(item.text)
+        if self.channels is not None:
+            wanted = self.channels
+            items = [item for item in items if item.channel in wanted]
+            if not items:
+                return
+            size = sum(len(item.text) for item in items)
+        if self._waiting and not self._items and self._direct is not None:
+            # The reader is idle and everything before these has been written: write them now
+            # instead of waking the reader (a task switch per connection per hand-out).
+            if items[0].seq <= self.sent:
+                items = [item for item in items if item.seq > self.sent]
+                if not items:
+                    return
+            if self._direct(items):
+                self.sent = items[-1].seq
+                return
+        self._items.extend(items)
+        self._bytes += size
         if len(self._items) > self._max_messages or self._bytes > self._max_bytes:
             self._items.clear()
             self._error = Overflow()
         self._ready.set()
+
+    def deliver_directly(self, write: DirectWriter) -> None:
+        """From now on, while the reader waits with nothing queued, hand deliveries past
+        ``sent`` to ``write`` (which writes them without waiting, or says False: then they are
+        queued as usual). Deliveries stay in seq order: the reader only parks once what it
+        took is written, and nothing goes direct while anything is queued."""
+        self._direct = write
 
     def close(self) -> None:
         """End the subscription (the hub is stopping)."""
@@ -169,9 +200,13 @@ class Subscription:
         """Wait until something is queued (or ``timeout_s`` passes) and take it all."""
         if not self._items and self._error is None:
             # asyncio.timeout, not wait_for, which can swallow a cancellation on 3.11.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout_s):
-                    await self._ready.wait()
+            self._waiting = True
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout_s):
+                        await self._ready.wait()
+            finally:
+                self._waiting = False
         return self.take_pending()
 
 
@@ -197,6 +232,8 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.last_seq = 0
+        self._outgoing: list[Delivery] = []  # handed out, not yet offered to the streams
+        self._flush_scheduled = False
 
     async def start(self) -> None:
         """Learn where the database is, then follow Redis and the database."""
@@ -272,9 +309,25 @@ class Hub:
                 self._hand_out(item)
 
     def _hand_out(self, item: Delivery) -> None:
+        # Hand-outs wait for the end of the current turn of the event loop, so whatever
+        # arrived together (a batch, several notifications read at once under load) reaches
+        # each stream together: one write per connection, not one per message.
         self.last_seq = item.seq
+        self._outgoing.append(item)
+        if len(self._outgoing) >= MAX_DOCUMENTS:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        items, self._outgoing = self._outgoing, []
+        if not items:
+            return
+        size = sum(len(item.text) for item in items)
         for subscriber in self._subscribers:
-            subscriber.offer(item)
+            subscriber.offer(items, size)
 
     async def _reconcile_forever(self) -> None:
         while True:

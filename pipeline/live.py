@@ -41,7 +41,7 @@ from .bounds import (
     transport_of,
     whole_number,
 )
-from .hub import Closed, Delivery, Overflow, websocket_frame
+from .hub import Closed, Delivery, DirectWriter, Overflow, websocket_frame
 from .problems import Problem, problem_document
 from .services import Services, services
 
@@ -69,6 +69,7 @@ async def follow(
     channels: frozenset[str] | None = None,
     epoch: str | None = None,
     backlog: Callable[[], int] | None = None,
+    direct: DirectWriter | None = None,
 ) -> AsyncGenerator[list[Delivery] | None, None]:
     """Batches of deliveries for one stream (of ``channels``; None: all), in ``seq`` order;
     None when a ping is due. A resume first gets a ``reset`` or ``gap`` where one is due
@@ -78,6 +79,10 @@ async def follow(
     already handed to the connection but not yet taken by the client) and Closed when the hub
     stops. (Response bodies run outside the request context, so the services come as an
     argument.)
+
+    ``direct``: once live, deliveries that arrive while this generator's consumer waits for
+    the next batch go to ``direct`` instead (see ``Subscription.deliver_directly``); they are
+    not yielded.
     """
     hub, interval_s = found.hub, found.settings.ping_interval_s
     opening, after = await continuity.opening(found.store, found.epoch, after, epoch)
@@ -96,13 +101,16 @@ async def follow(
             async for batch in replay.pages(sent):
                 yield batch
                 sent = max(sent, batch[-1].seq)
+        subscription.sent = sent
+        if direct is not None:
+            subscription.deliver_directly(direct)
         next_ping = time.monotonic() + interval_s
         while True:
             batch = await subscription.wait(max(0.0, next_ping - time.monotonic()))
-            fresh = [item for item in batch if item.seq > sent]
+            fresh = [item for item in batch if item.seq > subscription.sent]
             if fresh:
+                subscription.sent = fresh[-1].seq
                 yield fresh
-                sent = fresh[-1].seq
             if time.monotonic() >= next_ping:
                 yield None
                 next_ping = time.monotonic() + interval_s
@@ -208,8 +216,9 @@ async def _stream_frames(
     closing: asyncio.Event,
 ) -> None:
     backlog = None if transport is None else SocketBacklog(transport)
+    direct = _direct_writer(send, transport)
     try:
-        async with contextlib.aclosing(follow(found, after, channels, epoch, backlog)) as stream:
+        async with contextlib.aclosing(follow(found, after, channels, epoch, backlog, direct)) as stream:
             async for batch in stream:
                 if batch is None:
                     ping = _ping(found)
@@ -341,6 +350,36 @@ def _frame_writer(send: Send, transport: asyncio.Transport | None) -> FrameWrite
             await send({"type": "websocket.send", "text": text})
 
     return send_texts
+
+
+def _direct_writer(send: Send, transport: asyncio.Transport | None) -> DirectWriter | None:
+    """For the raw writer: write live deliveries' frames to the connection at once, from the
+    hub's hand-out, when that cannot wait (the transport's buffer is under its high-water mark
+    and the connection open); otherwise say False, and the stream's own task writes it, with
+    its timeout for a client that stopped reading. Under a fan-out this saves waking a task per
+    connection per message, most of the web process's CPU per delivery."""
+    stream = getattr(send, "__self__", None)
+    if transport is None or not isinstance(stream, WSStream):
+        return None
+    high_water = transport.get_write_buffer_limits()[1]
+
+    def write_now(items: list[Delivery]) -> bool:
+        frame = items[0].ws_frame if len(items) == 1 else b"".join(item.ws_frame for item in items)
+        if (
+            stream.closed
+            or stream.connection.state is not WSState.OPEN
+            or transport.is_closing()
+            or transport.get_write_buffer_size() + len(frame) > high_water
+        ):
+            return False
+        try:
+            transport.write(frame)
+        except Exception:  # noqa: BLE001 - this runs in the hub's hand-out to every stream
+            return False  # the stream's task meets the error itself and ends the stream
+        metrics.delivered("ws", items)
+        return True
+
+    return write_now
 
 
 async def _refuse(scope: Scope, send: Send, problem: Problem) -> None:

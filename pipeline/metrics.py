@@ -149,6 +149,12 @@ DELIVERY_LATENCY = _Histogram(
 DELIVERIES = _Counter(
     "pipeline_deliveries", "Messages written to live streams (one per message per stream).", ["transport"]
 )
+STREAM_WRITES = _Counter(
+    "pipeline_stream_writes",
+    "Writes of messages to live streams' connections: what arrives together (a batch) is one "
+    "write per stream.",
+    ["transport"],
+)
 STREAMS_CLOSED_SLOW = _Counter(
     "pipeline_streams_closed_slow",
     "Live streams closed because their client fell too far behind (WebSocket 1013, SSE end).",
@@ -162,6 +168,7 @@ _COUNTERS = (
     MESSAGES_FAILED,
     MESSAGES_PURGED,
     DELIVERIES,
+    STREAM_WRITES,
     STREAMS_CLOSED_SLOW,
 )
 _HISTOGRAMS = (INGEST_BODY_BYTES, INGEST_DURATION, STORE_LATENCY, DELIVERY_LATENCY)
@@ -230,7 +237,8 @@ def purged(count: int) -> None:
 
 
 def delivered(transport: str, items: Sequence[Any]) -> None:
-    """Stored messages (hub deliveries: ``seq`` and rendered ``text``) written to one stream."""
+    """Stored messages (hub deliveries: ``seq`` and rendered ``text``) written to one stream,
+    in one write."""
     if not _enabled or not items:
         return
     now = time.time()
@@ -245,6 +253,7 @@ def delivered(transport: str, items: Sequence[Any]) -> None:
         if received == received:  # not NaN
             DELIVERY_LATENCY.observe(max(0.0, now - received), labels)
     DELIVERIES.inc(labels, len(items))
+    STREAM_WRITES.inc(labels, 1)
 
 
 def stream_opened(transport: str) -> None:

@@ -6,6 +6,7 @@ counts come from what the service answers and stores.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from websockets.sync.client import connect as ws_connect
 
 from tests.support import (
     Follower,
@@ -347,6 +349,40 @@ def test_a_batch_is_announced_in_one_notification(service: tuple[Pipeline, httpx
     finally:
         pubsub.close()
         r.close()
+
+
+def _stream_counters(client: httpx.Client) -> tuple[float, float]:
+    """(messages written to WebSocket streams, writes that carried them), from /metrics."""
+    samples = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    label = '{transport="ws"}'
+    return samples.get("pipeline_deliveries_total" + label, 0.0), samples.get(
+        "pipeline_stream_writes_total" + label, 0.0
+    )
+
+
+def test_a_batch_reaches_each_live_stream_in_one_write(service: tuple[Pipeline, httpx.Client]) -> None:
+    _, client = service
+    url = str(client.base_url).replace("http://", "ws://").rstrip("/") + "/ws"
+    with contextlib.ExitStack() as opened:
+        streams = [opened.enter_context(ws_connect(url, open_timeout=10)) for _ in range(3)]
+        # Every stream is live once it has received a message sent after it opened.
+        client.put("/messages", json={"warm": True}).raise_for_status()
+        for ws in streams:
+            assert json.loads(ws.recv(timeout=10))["data"]["payload"] == {"warm": True}
+        wait_until(lambda: _stream_counters(client)[0] == 3, timeout_s=10)
+        delivered_before, writes_before = _stream_counters(client)
+        ids = post_batch(client, batch_of(100, "one-write")).json()["ids"]
+        for ws in streams:
+            frames = [json.loads(ws.recv(timeout=10)) for _ in ids]
+            assert [frame["data"]["id"] for frame in frames] == ids
+        wait_until(lambda: _stream_counters(client)[0] == delivered_before + 3 * len(ids), timeout_s=10)
+        delivered, writes = _stream_counters(client)
+        # One write per stream for the whole batch, not one per document.
+        assert (delivered - delivered_before, writes - writes_before) == (3 * len(ids), 3)
 
 
 def test_live_streams_get_each_batch_once_in_order_and_a_reading_client_is_not_closed(

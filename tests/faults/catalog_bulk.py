@@ -108,6 +108,14 @@ FAULTS: list[Fault] = [
         "arrived at once (its bound holds two full batches).",
     ),
     Fault(
+        name="hand-out-per-document",
+        path="pipeline/hub.py",
+        find="        if len(self._outgoing) >= MAX_DOCUMENTS:\n            self._flush()\n",
+        replace="        if True:\n            self._flush()\n",
+        tests=(_T + "test_a_batch_reaches_each_live_stream_in_one_write",),
+        guarantee="A batch reaches each live stream in one write, not one per document.",
+    ),
+    Fault(
         name="bulk-never-pushes-back",
         path="pipeline/bus.py",
         find="if oldest[2] and at_us / 1000 - tonumber(oldest[2]) > tonumber(ARGV[8]) then",

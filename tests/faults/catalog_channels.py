@@ -18,8 +18,8 @@ FAULTS: list[Fault] = [
     Fault(
         name="channel-filter-dropped-live",
         path="pipeline/hub.py",
-        find="(self.channels is not None and item.channel not in self.channels)",
-        replace="False",
+        find="items = [item for item in items if item.channel in wanted]",
+        replace="items = list(items)",
         tests=(_T + "test_filtered_live_stream_skips_other_channels",),
         guarantee="a stream narrowed with ?channel= receives only its channels live",
     ),

@@ -117,8 +117,10 @@ FAULTS: list[Fault] = [
     Fault(
         name="live-duplicate-filter-removed",
         path="pipeline/live.py",
-        find="fresh = [item for item in batch if item.seq > sent]",
+        find="fresh = [item for item in batch if item.seq > subscription.sent]",
         replace="fresh = batch",
+        # The direct hand-out to an idle stream (hub.Subscription.offer) filters the same way.
+        more=(("pipeline/hub.py", "            if items[0].seq <= self.sent:\n", "            if False:\n"),),
         tests=(_GAP_SQLITE,),
         guarantee="A stream resuming with ?after= sees no message twice: what the replay sent and "
         "the hub then hands out is dropped.",
