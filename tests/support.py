@@ -425,6 +425,45 @@ class RunPy:
             stop_process(self.process)
 
 
+@contextlib.contextmanager
+def procfile_scaled_out(redis_url: str, database_url: str, log_path: Path) -> Iterator[list[str]]:
+    """The Procfile as a platform runs it (honcho): ``release``, then 2 web and 2 worker
+    processes on one Redis and database; yields the two web URLs once both are healthy and stops
+    every process (its process group) afterwards."""
+    base_port = free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "WORKER_MAX_JOBS": "50",
+        "PYTHONUNBUFFERED": "1",
+        # The Procfile says `python`: the one of this virtual environment, as on a platform.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    honcho = [sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)]
+    subprocess.run([*honcho, "start", "release"], env=env, check=True, capture_output=True, timeout=60)
+    with open(log_path, "wb") as log:
+        processes = subprocess.Popen(
+            [*honcho, "start", "-p", str(base_port), "-c", "web=2,worker=2", "web", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        webs = [f"http://127.0.0.1:{base_port}", f"http://127.0.0.1:{base_port + 1}"]
+        try:
+            for web in webs:
+                Pipeline.wait_healthy(None, web)  # type: ignore[arg-type]
+            yield webs
+        finally:
+            os.killpg(processes.pid, signal.SIGTERM)
+            try:
+                processes.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(processes.pid, signal.SIGKILL)
+                processes.wait()
+
+
 def descendants(pid: int) -> set[int]:
     """PIDs of the children of ``pid``, and theirs."""
     parents = {pid}

@@ -7,7 +7,6 @@ import contextlib
 import http.client
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -26,12 +25,11 @@ from websockets.sync.client import connect
 
 from pipeline.schema import LATEST_VERSION
 from tests.support import (
-    ROOT,
     RUN_PY,
     Pipeline,
     RedisServer,
     SSEReader,
-    free_port,
+    procfile_scaled_out,
     stored,
     wait_stored,
     wait_until,
@@ -474,40 +472,10 @@ def test_procfile_scaled_out_with_filtered_streams_on_postgres(
     redis_server: RedisServer, tmp_path: Path, postgres_database: Callable[[], str]
 ) -> None:
     database_url = postgres_database().replace("postgresql://", "postgres://")
-    base_port = free_port()
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_server.url,
-        "DATABASE_URL": database_url,
-        "WORKER_MAX_JOBS": "50",
-        "PYTHONUNBUFFERED": "1",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    honcho = [sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)]
-    subprocess.run([*honcho, "start", "release"], env=env, check=True, capture_output=True, timeout=60)
-    log = open(tmp_path / "honcho.log", "wb")  # noqa: SIM115
-    processes = subprocess.Popen(
-        [*honcho, "start", "-p", str(base_port), "-c", "web=2,worker=2", "web", "worker"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    webs = [f"http://127.0.0.1:{base_port}", f"http://127.0.0.1:{base_port + 1}"]
-    try:
-        for web in webs:
-            Pipeline.wait_healthy(None, web)  # type: ignore[arg-type]
+    with procfile_scaled_out(redis_server.url, database_url, tmp_path / "honcho.log") as webs:
         count, connections = _run_channels_load(webs, per_sender=150, hop_every=53)
         print(f"\n[channels, Procfile 2 web + 2 worker, postgres] stored={count} connections={connections}")
         assert count == 600
-    finally:
-        os.killpg(processes.pid, signal.SIGTERM)
-        try:
-            processes.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(processes.pid, signal.SIGKILL)
-            processes.wait()
-        log.close()
 
 
 # --- migrating a database written by the version before channels ----------------------------

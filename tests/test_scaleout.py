@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +16,6 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.support import (
-    ROOT,
     Follower,
     Pipeline,
     RedisServer,
@@ -26,6 +23,7 @@ from tests.support import (
     SSEReader,
     assert_stored_exactly_once,
     free_port,
+    procfile_scaled_out,
     send,
     stop_process,
     wait_until,
@@ -65,30 +63,7 @@ def test_procfile_two_webs_two_workers_on_postgres(
 ) -> None:
     # Heroku hands out postgres:// URLs; they must work as they are.
     database_url = postgres_database().replace("postgresql://", "postgres://")
-    base_port = free_port()
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_server.url,
-        "DATABASE_URL": database_url,
-        "WORKER_MAX_JOBS": "50",
-        "PYTHONUNBUFFERED": "1",
-        # The Procfile says `python`: the one of this virtual environment, as on a platform.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    honcho = [sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)]
-    subprocess.run([*honcho, "start", "release"], env=env, check=True, capture_output=True, timeout=60)
-    log = open(tmp_path / "honcho.log", "wb")  # noqa: SIM115
-    processes = subprocess.Popen(
-        [*honcho, "start", "-p", str(base_port), "-c", "web=2,worker=2", "web", "worker"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    webs = [f"http://127.0.0.1:{base_port}", f"http://127.0.0.1:{base_port + 1}"]
-    try:
-        for web in webs:
-            Pipeline.wait_healthy(None, web)  # type: ignore[arg-type]
+    with procfile_scaled_out(redis_server.url, database_url, tmp_path / "honcho.log") as webs:
         followers = [Follower(webs[0], transport="ws", after=0), Follower(webs[1], transport="sse", after=0)]
         poller = RestPoller(webs[1])
         for follower in followers:
@@ -118,14 +93,6 @@ def test_procfile_two_webs_two_workers_on_postgres(
         assert poller.seen == [row["seq"] for row in rows]
         print(f"\n[2 web + 2 worker, postgres] accepted={len(combined.accepted)} stored={len(rows)}")
         assert len(rows) > 200
-    finally:
-        os.killpg(processes.pid, signal.SIGTERM)
-        try:
-            processes.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(processes.pid, signal.SIGKILL)
-            processes.wait()
-        log.close()
 
 
 def test_rediss_with_a_self_signed_certificate(tmp_path: Path) -> None:
