@@ -455,6 +455,9 @@ def document() -> dict[str, Any]:
                 "400": _problem_response('The body is not `{"token": "..."}`.'),
                 "401": _problem_response("Not a read token."),
                 "403": _problem_response("A browser request from an origin that is not allowed."),
+                "408": _problem_response("The body did not arrive within 10 seconds."),
+                "413": _problem_response("The body is over 4,096 bytes."),
+                "415": _problem_response("The body is not `Content-Type: application/json`."),
             },
         },
         "delete": {

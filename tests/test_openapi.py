@@ -12,18 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline import front, openapi
+from pipeline import access, front, openapi
 from pipeline.app import create_app
 from pipeline.config import Settings
 from tests.support import Pipeline
 
-# Described by the contracts between helpers and built on other branches (CHANNELS, ACCESS): not
-# served on this branch yet. The lead empties this set when those branches are merged.
-PENDING = {
-    ("/session", "get"),
-    ("/session", "post"),
-    ("/session", "delete"),
-}
 # Endless responses: described, but a request-per-example fuzzer would wait on them for ever.
 STREAMS = {"/events"}
 # Deterministic generation (no seed, no example database): the same requests on every run.
@@ -39,33 +32,29 @@ def _served() -> set[tuple[str, str]]:
         for method in rule.methods or ():
             if method not in ("HEAD", "OPTIONS"):
                 served.add((path, method.lower()))
-    return served | _served_in_front()
+    return served | _served_in_front() | _served_in_access()
 
 
 def _served_in_front() -> set[tuple[str, str]]:
-    """What the ASGI layer before Quart serves (front.ROUTES once it is the route table)."""
-    routes = getattr(front, "ROUTES", None)
-    if routes is not None:
-        return {
-            (re.sub(r"<(\w+)>", r"{\1}", path), method.lower())
-            for route in routes
-            for path in route.paths
-            for method in route.methods
-        }
-    from pipeline.ingest import INGEST_PATHS
-    from pipeline.live import WEBSOCKET_PATHS
-
-    return {(path, method) for path in INGEST_PATHS for method in ("post", "put")} | {
-        (path, "get") for path in WEBSOCKET_PATHS
+    """What the ASGI layer before Quart serves: front.ROUTES."""
+    return {
+        (re.sub(r"<(\w+)>", r"{\1}", path), method.lower())
+        for route in front.ROUTES
+        for path in route.paths
+        for method in route.methods
     }
+
+
+def _served_in_access() -> set[tuple[str, str]]:
+    """What the access layer, outermost, answers itself: the page's sign-in."""
+    return {(access.SESSION_PATH, method) for method in ("get", "post", "delete")}
 
 
 def test_every_route_is_described_and_nothing_else() -> None:
     described = {(path, method) for path, item in openapi.document()["paths"].items() for method in item}
     served = _served()
     assert served - described == set(), "served but not described"
-    assert described - served - PENDING == set(), "described but not served"
-    assert PENDING - served == PENDING, "served now: remove from PENDING"
+    assert described - served == set(), "described but not served"
 
 
 def test_every_problem_type_is_described_and_answered(client: httpx.Client) -> None:
@@ -108,11 +97,7 @@ def test_schemathesis_finds_no_5xx_and_every_response_conforms(
         "ndjson",
         "--report-ndjson-path",
         str(report),
-        *(
-            argument
-            for path in sorted(STREAMS | {path for path, _ in PENDING})
-            for argument in ("--exclude-path", path)
-        ),
+        *(argument for path in sorted(STREAMS) for argument in ("--exclude-path", path)),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     requests = _count_requests(report)
