@@ -592,6 +592,29 @@ def test_slow_headers_are_cut_off(service: Service) -> None:
         assert time.monotonic() - started < 12
 
 
+@pytest.mark.slow
+def test_a_body_that_stops_arriving_is_408_and_nothing_is_stored(service: Service) -> None:
+    """An ingest body gets 30 s to arrive, a sign-in body 10 s; then 408, and nothing half-read
+    is stored. (Both run at once: the sign-in is answered first.)"""
+    marker = uuid.uuid4().hex
+    partial = json.dumps({"stalled": marker}).encode()
+    started = time.monotonic()
+    stalled = []
+    for method, target, limit_s in (("POST", "/session", 10), ("PUT", "/messages", 30)):
+        sock = connect(service.port, timeout_s=60)
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(partial) + 100)}
+        sock.sendall(request(method, target, service.port, headers) + partial)
+        stalled.append((sock, limit_s))
+    for sock, limit_s in stalled:
+        with sock:
+            data = read_until_closed(sock, timeout_s=limit_s + 20)
+        elapsed = time.monotonic() - started
+        assert_problem(data, 408)
+        assert limit_s - 1 < elapsed < limit_s + 15, elapsed
+    sync_marker(service)
+    assert {"stalled": marker} not in stored_payloads(service)
+
+
 def test_huge_and_many_headers_are_refused(service: Service) -> None:
     for extra in ({"X-Big": "a" * 70_000}, {f"X-{n}": "v" * 100 for n in range(1000)}):
         data = exchange(service.port, request("GET", "/healthz", service.port, extra))

@@ -133,4 +133,20 @@ FAULTS: list[Fault] = [
         tests=(_HOSTILE + "test_head_events_answers_headers_and_ends",),
         guarantee="HEAD /events answers headers and ends",
     ),
+    Fault(
+        name="ingest-body-never-times-out",
+        path="pipeline/ingest.py",
+        find="BODY_TIMEOUT_S = 30.0",
+        replace="BODY_TIMEOUT_S = 3600.0",
+        tests=(_HOSTILE + "test_a_body_that_stops_arriving_is_408_and_nothing_is_stored",),
+        guarantee="An ingest body that stops arriving is 408 after 30 s, and nothing of it is stored",
+    ),
+    Fault(
+        name="session-body-never-times-out",
+        path="pipeline/access.py",
+        find="_SESSION_BODY_TIMEOUT_S = 10.0",
+        replace="_SESSION_BODY_TIMEOUT_S = 3600.0",
+        tests=(_HOSTILE + "test_a_body_that_stops_arriving_is_408_and_nothing_is_stored",),
+        guarantee="A sign-in body that stops arriving is 408 after 10 s",
+    ),
 ]
