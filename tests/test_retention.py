@@ -148,8 +148,19 @@ def test_retention_by_count_while_messages_keep_arriving(
                 assert seqs == known[-len(seqs) :], "a message newer than the bound was deleted"
                 assert len(seqs) >= min(KEEP, len(known))
             assert "retention deleted" in pipeline.logs()
+            # Every message stored reached the recorder; all but the kept ones were purged.
+            purged = len(recorder.seen) - 2 * KEEP
+            wait_until(lambda: _purged_total(client) == purged, WAIT_S)
     finally:
         pipeline.stop()
+
+
+def _purged_total(client: httpx.Client) -> float:
+    """``pipeline_messages_purged_total`` from /metrics."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("pipeline_messages_purged_total "):
+            return float(line.rpartition(" ")[2])
+    return 0.0
 
 
 def test_retention_by_age_while_messages_keep_arriving(

@@ -67,4 +67,12 @@ FAULTS: list[Fault] = [
         tests=(_T + "test_epoch_in_pings_and_headers",),
         guarantee="WebSocket pings carry the database's epoch",
     ),
+    Fault(
+        name="purged-not-counted",
+        path="pipeline/retention.py",
+        find="                metrics.purged(deleted)\n",
+        replace="",
+        tests=(_T + "test_retention_by_count_while_messages_keep_arriving[sqlite-1]",),
+        guarantee="pipeline_messages_purged_total counts every message retention deleted",
+    ),
 ]
