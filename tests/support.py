@@ -464,6 +464,18 @@ def procfile_scaled_out(redis_url: str, database_url: str, log_path: Path) -> It
                 processes.wait()
 
 
+def metric_samples(client: httpx.Client) -> dict[str, float]:
+    """``GET /metrics`` as ``{'name{labels}': value}`` (Prometheus text format, comments dropped)."""
+    response = client.get("/metrics")
+    assert response.status_code == 200, response.text
+    samples = {}
+    for line in response.text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
 def descendants(pid: int) -> set[int]:
     """PIDs of the children of ``pid``, and theirs."""
     parents = {pid}

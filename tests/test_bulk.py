@@ -25,6 +25,7 @@ from tests.support import (
     RedisServer,
     SqliteLock,
     in_progress,
+    metric_samples,
     stored,
     wait_stored,
     wait_until,
@@ -353,11 +354,7 @@ def test_a_batch_is_announced_in_one_notification(service: tuple[Pipeline, httpx
 
 def _stream_counters(client: httpx.Client) -> tuple[float, float]:
     """(messages written to WebSocket streams, writes that carried them), from /metrics."""
-    samples = {}
-    for line in client.get("/metrics").text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
+    samples = metric_samples(client)
     label = '{transport="ws"}'
     return samples.get("pipeline_deliveries_total" + label, 0.0), samples.get(
         "pipeline_stream_writes_total" + label, 0.0

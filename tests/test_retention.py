@@ -18,7 +18,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.support import Pipeline, RedisServer, SSEReader, wait_until
+from tests.support import Pipeline, RedisServer, SSEReader, metric_samples, wait_until
 
 KEEP = 40
 # How long to wait for what a busy machine may take a while to do (not a promise being tested:
@@ -150,17 +150,9 @@ def test_retention_by_count_while_messages_keep_arriving(
             assert "retention deleted" in pipeline.logs()
             # Every message stored reached the recorder; all but the kept ones were purged.
             purged = len(recorder.seen) - 2 * KEEP
-            wait_until(lambda: _purged_total(client) == purged, WAIT_S)
+            wait_until(lambda: metric_samples(client).get("pipeline_messages_purged_total") == purged, WAIT_S)
     finally:
         pipeline.stop()
-
-
-def _purged_total(client: httpx.Client) -> float:
-    """``pipeline_messages_purged_total`` from /metrics."""
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith("pipeline_messages_purged_total "):
-            return float(line.rpartition(" ")[2])
-    return 0.0
 
 
 def test_retention_by_age_while_messages_keep_arriving(

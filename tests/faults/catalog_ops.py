@@ -97,4 +97,13 @@ FAULTS: list[Fault] = [
         tests=("tests/test_app_json.py::test_every_setting_the_code_reads_is_declared_and_nothing_else",),
         guarantee="app.json declares every setting the code reads",
     ),
+    Fault(
+        name="failed-not-counted",
+        path="pipeline/worker.py",
+        find='ctx["job_try"], exc)\n    metrics.failed()\n    await bus.record_failure(\n',
+        replace='ctx["job_try"], exc)\n    await bus.record_failure(\n',
+        tests=("tests/test_faults.py::test_database_locked_retries_then_gives_up_visibly",),
+        guarantee="pipeline_messages_failed_total counts a message whose store gave up; "
+        "pipeline_failed_messages shows it until retry-failed",
+    ),
 ]
