@@ -9,7 +9,9 @@
   behind the ASGI ``send`` (``send.__self__``: hypercorn hands the app its bound ``app_send``)
   and writes ``Data(stream_id=..., data=...)`` events to ``stream.send``, after looking at
   ``stream.closed``: :data:`HYPERCORN_WSSTREAM_ATTRIBUTES`. Without them it falls back to plain
-  ASGI messages, and says so (``/healthz`` ``live.websocket_writer``).
+  ASGI messages, and says so (``/healthz`` ``live.websocket_writer``). The hub's direct hand-out
+  to an idle stream writes to the connection's transport (found as ``bounds`` finds it, below)
+  after the same checks.
 - **hypercorn** (``live.py``, ``bounds.py``, ``web.py``; the bounds under attack): the stream's
   ``handshake`` (its ``extensions`` set to None before accepting, so no permessage-deflate is
   negotiated) and ``connection`` (wsproto's; its state shows a close hypercorn sent itself, e.g.
