@@ -62,36 +62,46 @@ def test_metrics_add_up_across_web_processes_and_the_worker(tmp_path: Path) -> N
                         received += 1
                 sse.messages(len(good))
 
-                def settled() -> dict[str, float] | None:
-                    # Each process reports what it counted once a second.
-                    samples = _scrape(url)
-                    done = samples.get('pipeline_ingest_requests_total{status="400"}') == len(
-                        bad
-                    ) and samples.get('pipeline_deliveries_total{transport="sse"}') == len(good)
-                    return samples if done else None
+                expected = {
+                    'pipeline_ingest_requests_total{status="202"}': len(good),
+                    'pipeline_ingest_requests_total{status="400"}': len(bad),
+                    "pipeline_ingest_request_body_bytes_count": len(good + bad),
+                    "pipeline_ingest_request_body_bytes_sum": sum(map(len, good + bad)),
+                    "pipeline_ingest_duration_seconds_count": len(good + bad),
+                    'pipeline_ingest_duration_seconds_bucket{le="+Inf"}': len(good + bad),
+                    "pipeline_messages_stored_total": len(good),
+                    "pipeline_store_latency_seconds_count": len(good),
+                    'pipeline_deliveries_total{transport="ws"}': len(good),
+                    'pipeline_deliveries_total{transport="sse"}': len(good),
+                    'pipeline_delivery_latency_seconds_count{transport="ws"}': len(good),
+                    'pipeline_open_streams{transport="ws"}': 1,
+                    'pipeline_open_streams{transport="sse"}': 1,
+                    'pipeline_processes{role="web"}': 2,
+                    'pipeline_processes{role="worker"}': 1,
+                    "pipeline_messages_failed_total": 0,
+                    "pipeline_messages_purged_total": 0,
+                    "pipeline_queue_depth": 0,
+                    "pipeline_queue_oldest_age_seconds": 0,
+                }
 
-                first = wait_until(settled, timeout_s=10, interval_s=0.3)
-                # Every scrape, whichever web process answers it, shows the same whole picture.
-                for samples in [first] + [_scrape(url) for _ in range(5)]:
-                    assert samples['pipeline_ingest_requests_total{status="202"}'] == len(good)
-                    assert samples['pipeline_ingest_requests_total{status="400"}'] == len(bad)
-                    assert samples["pipeline_ingest_request_body_bytes_count"] == len(good + bad)
-                    assert samples["pipeline_ingest_request_body_bytes_sum"] == sum(map(len, good + bad))
-                    assert samples["pipeline_ingest_duration_seconds_count"] == len(good + bad)
-                    assert samples['pipeline_ingest_duration_seconds_bucket{le="+Inf"}'] == len(good + bad)
-                    assert samples["pipeline_messages_stored_total"] == len(good)
-                    assert samples["pipeline_store_latency_seconds_count"] == len(good)
-                    assert samples['pipeline_deliveries_total{transport="ws"}'] == len(good)
-                    assert samples['pipeline_deliveries_total{transport="sse"}'] == len(good)
-                    assert samples['pipeline_delivery_latency_seconds_count{transport="ws"}'] == len(good)
-                    assert samples['pipeline_open_streams{transport="ws"}'] == 1
-                    assert samples['pipeline_open_streams{transport="sse"}'] == 1
-                    assert samples['pipeline_processes{role="web"}'] == 2
-                    assert samples['pipeline_processes{role="worker"}'] == 1
-                    assert samples["pipeline_messages_failed_total"] == 0
-                    assert samples["pipeline_messages_purged_total"] == 0
-                    assert samples["pipeline_queue_depth"] == 0
-                    assert samples["pipeline_queue_oldest_age_seconds"] == 0
+                def figures(samples: dict[str, float]) -> dict[str, float | None]:
+                    return {name: samples.get(name) for name in expected}
+
+                # Each process reports what it counted once a second (the two web processes
+                # independently): wait until every report is in, then every scrape, whichever
+                # web process answers it, shows the same whole picture.
+                last: list[dict[str, float | None]] = []
+
+                def settled() -> bool:
+                    last[:] = [figures(_scrape(url))]
+                    return last[0] == expected
+
+                try:
+                    wait_until(settled, timeout_s=10, interval_s=0.3)
+                except TimeoutError:
+                    raise AssertionError(f"metrics never added up: {last}") from None
+                for _ in range(5):
+                    assert figures(_scrape(url)) == expected
             sse.close()
             wait_until(lambda: _scrape(url).get('pipeline_open_streams{transport="ws"}') == 0.0)
     finally:
