@@ -318,14 +318,18 @@ def _note_writer(writer: str, send: Send) -> None:
         )
 
 
+def _is_open(stream: WSStream) -> bool:
+    """Neither closed nor closing (hypercorn may have sent a close itself, e.g. 1009)."""
+    return not stream.closed and stream.connection.state is WSState.OPEN
+
+
 def _frame_writer(send: Send, transport: asyncio.Transport | None) -> FrameWriter:
     stream = getattr(send, "__self__", None)
     if isinstance(stream, WSStream):
         _note_writer(WRITER_RAW, send)
 
         async def write_frames(frames: list[tuple[bytes, str]]) -> None:
-            # Closed, or closing (hypercorn sent a close itself, e.g. 1009 for a big frame).
-            if stream.closed or stream.connection.state is not WSState.OPEN:
+            if not _is_open(stream):
                 raise ConnectionError("the WebSocket is closed")
             # Whatever queued up for this connection goes out in one write.
             data = frames[0][0] if len(frames) == 1 else b"".join(frame for frame, _ in frames)
@@ -361,16 +365,12 @@ def _direct_writer(send: Send, transport: asyncio.Transport | None) -> DirectWri
     stream = getattr(send, "__self__", None)
     if transport is None or not isinstance(stream, WSStream):
         return None
-    high_water = transport.get_write_buffer_limits()[1]
 
     def write_now(items: list[Delivery]) -> bool:
+        if not _is_open(stream) or transport.is_closing():
+            return False
         frame = items[0].ws_frame if len(items) == 1 else b"".join(item.ws_frame for item in items)
-        if (
-            stream.closed
-            or stream.connection.state is not WSState.OPEN
-            or transport.is_closing()
-            or transport.get_write_buffer_size() + len(frame) > high_water
-        ):
+        if may_block(transport, len(frame)):
             return False
         try:
             transport.write(frame)

@@ -468,8 +468,13 @@ def metric_samples(client: httpx.Client) -> dict[str, float]:
     """``GET /metrics`` as ``{'name{labels}': value}`` (Prometheus text format, comments dropped)."""
     response = client.get("/metrics")
     assert response.status_code == 200, response.text
+    return parse_metrics(response.text)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text format -> ``{'name{labels}': value}`` (comments dropped)."""
     samples = {}
-    for line in response.text.splitlines():
+    for line in text.splitlines():
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)

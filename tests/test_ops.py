@@ -18,17 +18,16 @@ from websockets.sync.client import connect
 from pipeline.config import ConfigError, load_settings
 from pipeline.messages import Message, new_id, render, utc_timestamp
 from pipeline.metrics import _seconds_between, received_at_s
-from tests.support import Pipeline, RedisServer, RunPy, SSEReader, free_port, wait_stored, wait_until
-
-
-def _samples(text: str) -> dict[str, float]:
-    """Prometheus text format -> {'name{labels}': value} (comments dropped)."""
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
+from tests.support import (
+    Pipeline,
+    RedisServer,
+    RunPy,
+    SSEReader,
+    free_port,
+    parse_metrics,
+    wait_stored,
+    wait_until,
+)
 
 
 def _scrape(url: str) -> dict[str, float]:
@@ -36,7 +35,7 @@ def _scrape(url: str) -> dict[str, float]:
     response = httpx.get(f"{url}/metrics", timeout=10, headers={"Connection": "close"})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    return _samples(response.text)
+    return parse_metrics(response.text)
 
 
 @pytest.mark.slow
