@@ -349,13 +349,20 @@ def test_live_streams_across_a_lost_notification(
     assert follower.connected.wait(10)
     client = httpx.Client(base_url=url, timeout=10)
     try:
+
+        def worker_a_is_serving(tag: object) -> None:
+            """With B stopped, a message stored shows A connected through the gate again (after a
+            round it reconnects; on a busy machine that took longer than a fixed pause)."""
+            probe = send(client, {"round": tag, "probe": True}).json()["id"]
+            wait_until(lambda: client.get(f"/messages/{probe}").status_code == 200, timeout_s=30)
+
         for round_ in range(3):
-            rows = stored(client)
-            previous = rows[-1]["seq"] if rows else 0
             with contextlib.ExitStack() as stack:
                 stack.callback(gate.open)
                 worker_b.send_signal(signal.SIGSTOP)  # only worker A can take the first message
                 try:
+                    worker_a_is_serving(round_)
+                    previous = stored(client)[-1]["seq"]
                     lock = SqliteLock(database)
                     try:
                         first = send(client, {"round": round_, "by": "a"}).json()["id"]
@@ -379,13 +386,13 @@ def test_live_streams_across_a_lost_notification(
                         if frame["event"] == "message":
                             received.append(frame["data"]["id"])
                 assert received == [first, second]
-            time.sleep(1.0)  # worker A reconnects
         # A lost notification with nothing after it: the hub's periodic look at the database
         # (every 2 s) finds the message all the same.
         with contextlib.ExitStack() as stack:
             stack.callback(gate.open)
             worker_b.send_signal(signal.SIGSTOP)
             stack.callback(worker_b.send_signal, signal.SIGCONT)
+            worker_a_is_serving("last")
             lock = SqliteLock(database)
             try:
                 last = send(client, {"round": "last", "by": "a"}).json()["id"]
@@ -398,7 +405,7 @@ def test_live_streams_across_a_lost_notification(
         follower.stop()
         assert follower.violations == []
         assert [m["id"] for m in follower.received] == [row["id"] for row in rows]
-        assert len(rows) == 7
+        assert len(rows) == 7 + 4  # and the four probes
     finally:
         follower.stop()
         client.close()

@@ -143,7 +143,8 @@ def test_the_port_flag_overrides_the_environment(tmp_path: Path) -> None:
     runner = RunPy(tmp_path / "data", free_port(), PORT="1")
     try:
         runner.start()
-        assert httpx.get(f"{runner.url}/healthz", timeout=10).status_code == 200
+        # Served on the flag's port (healthy once the worker has reported, which may lag the URL).
+        wait_until(lambda: httpx.get(f"{runner.url}/healthz", timeout=10).status_code == 200, timeout_s=30)
     finally:
         runner.stop()
 
