@@ -74,15 +74,15 @@ async def _list(narrow: frozenset[str] | None) -> Response:
         tail = limit
     store = services().store
     try:
-        until = await store.latest_seq()
-        until = until if below is None else min(until, below)
         if tail is not None:
             # Streamed like any read: from just before the newest ``tail``, page by page.
             limit = tail if limit is None else min(tail, limit)
-            after, first = await store.tail_page(
-                limit, _page_size(limit), after=after, until=until, channels=narrow
+            after, until, first = await store.tail_page(
+                limit, _page_size(limit), after=after, below=below, channels=narrow
             )
         else:
+            until = await store.latest_seq()
+            until = until if below is None else min(until, below)
             first = await store.after(after, _page_size(limit), until, channels=narrow)
     except TRANSIENT_ERRORS:
         raise unavailable("The database", "database-unavailable") from None

@@ -248,24 +248,30 @@ class Store:
         limit: int,
         *,
         after: int = 0,
-        until: int | None = None,
+        below: int | None = None,
         channels: Collection[str] | None = None,
-    ) -> tuple[int, list[Message]]:
-        """:meth:`tail_after` and the first page after it (up to ``limit``), read in one
-        snapshot, so a tail that fits in a page is exactly the newest ``count`` even while
-        retention purges (the rest of a longer tail streams page by page like any read)."""
-        return await self._call(self._tail_page, count, limit, after, until, channels)
+    ) -> tuple[int, int, list[Message]]:
+        """The newest ``count`` messages after ``after`` (and at most ``below``) as ``(start,
+        until, first page)``: :meth:`tail_after`, the newest ``seq`` and the first page after
+        ``start`` (up to ``limit``), read in one snapshot, so a tail that fits in a page is
+        exactly the newest ``count`` even while messages arrive and retention purges (the rest
+        of a longer tail streams page by page up to ``until``, like any read)."""
+        return await self._call(self._tail_page, count, limit, after, below, channels)
 
     def _tail_page(
-        self, count: int, limit: int, after: int, until: int | None, channels: Collection[str] | None
-    ) -> tuple[int, list[Message]]:
+        self, count: int, limit: int, after: int, below: int | None, channels: Collection[str] | None
+    ) -> tuple[int, int, list[Message]]:
         with self._db.atomic():
             if self._is_postgres:
-                # One snapshot for both reads (the default, READ COMMITTED, takes one per statement).
+                # One snapshot for every read (the default, READ COMMITTED, takes one per statement).
                 self._execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             # (SQLite in WAL mode: a read transaction sees one snapshot from its first read.)
+            # The newest seq belongs in the snapshot too: read before it, newer messages would
+            # be cut off while the purges they caused showed, leaving fewer than are kept.
+            until = self._latest_seq()
+            until = until if below is None else min(until, below)
             start = self._tail_after(count, after, until, channels)
-            return start, self._after(start, limit, until, channels)
+            return start, until, self._after(start, limit, until, channels)
 
     def _select(
         self,

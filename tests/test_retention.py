@@ -92,8 +92,9 @@ def _send_for(client: httpx.Client, seconds: float, channels: list[str]) -> list
 def _sample_while(
     client: httpx.Client, channel: str, busy: threading.Thread, tail: int
 ) -> list[tuple[float, list[int]]]:
-    # ?tail= is one SELECT, so each sample is one snapshot of the channel's newest messages (a
-    # plain read takes the newest seq first, then the rows: purges in between would show).
+    # ?tail= reads in one snapshot (the newest seq and the rows), so each sample is the
+    # channel's newest messages at one moment (a plain read takes the newest seq first, then
+    # the rows: purges in between would show).
     samples = []
     while busy.is_alive():
         response = client.get(f"/channels/{channel}/messages", params={"tail": tail})
