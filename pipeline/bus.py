@@ -367,21 +367,10 @@ class Enqueuer:
         idempotency_key: str | None,
         digest: str,
     ) -> list[bytes]:
-        now_ms = time.time() * 1000
         job_args = (message_id, payload, received_at, channel)
-        job = serialize_job(STORE_JOB, job_args, {}, None, int(now_ms), serializer=dumps_job)
-        keys = [job_key_prefix + message_id, QUEUE_NAME, LAST_ENQUEUED_KEY]
-        if idempotency_key is not None:
-            keys.append(IDEMPOTENCY_PREFIX + _sha256(idempotency_key.encode()))
-        args: list[Any] = [
-            int(now_ms + self._offset_ms + _DEADLINE_S * 1000),
-            message_id,
-            job,
-            JOB_TTL_MS,
-            f"{message_id} {received_at} {digest}",
-            IDEMPOTENCY_TTL_S,
-            WAKE_CHANNEL,
-        ]
+        keys, args = self._job_call(
+            message_id, STORE_JOB, job_args, idempotency_key, f"{message_id} {received_at} {digest}"
+        )
         reply: list[bytes] = await self._script(keys=keys, args=args)
         return reply
 
@@ -395,25 +384,40 @@ class Enqueuer:
         idempotency_key: str | None,
         digest: str,
     ) -> list[bytes]:
-        now_ms = time.time() * 1000
         job_args = (batch_id, message_ids, payloads, received_at, channel)
-        job = serialize_job(STORE_BATCH_JOB, job_args, {}, None, int(now_ms), serializer=dumps_job)
-        keys = [job_key_prefix + batch_id, QUEUE_NAME, LAST_ENQUEUED_KEY, BATCHED_KEY, BATCHED_EXTRA_KEY]
-        if idempotency_key is not None:
-            keys.append(IDEMPOTENCY_PREFIX + _sha256(idempotency_key.encode()))
-        args: list[Any] = [
-            int(now_ms + self._offset_ms + _DEADLINE_S * 1000),
+        keys, args = self._job_call(
             batch_id,
-            job,
-            JOB_TTL_MS,
+            STORE_BATCH_JOB,
+            job_args,
+            idempotency_key,
             f"{batch_id} {received_at} {digest} {','.join(message_ids)}",
-            IDEMPOTENCY_TTL_S,
-            WAKE_CHANNEL,
-            MAX_QUEUE_AGE_MS,
-            *message_ids,
-        ]
+            more_keys=(BATCHED_KEY, BATCHED_EXTRA_KEY),
+            more_args=(MAX_QUEUE_AGE_MS, *message_ids),
+        )
         reply: list[bytes] = await self._batch_script(keys=keys, args=args)
         return reply
+
+    def _job_call(
+        self,
+        job_id: str,
+        function: str,
+        job_args: tuple[Any, ...],
+        idempotency_key: str | None,
+        record: str,
+        *,
+        more_keys: tuple[str, ...] = (),
+        more_args: tuple[Any, ...] = (),
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments the enqueue scripts share: the job, its deadline on Redis's
+        clock, and what an ``Idempotency-Key`` records (``record``)."""
+        now_ms = time.time() * 1000
+        job = serialize_job(function, job_args, {}, None, int(now_ms), serializer=dumps_job)
+        keys = [job_key_prefix + job_id, QUEUE_NAME, LAST_ENQUEUED_KEY, *more_keys]
+        if idempotency_key is not None:
+            keys.append(IDEMPOTENCY_PREFIX + _sha256(idempotency_key.encode()))
+        deadline_ms = int(now_ms + self._offset_ms + _DEADLINE_S * 1000)
+        args = [deadline_ms, job_id, job, JOB_TTL_MS, record, IDEMPOTENCY_TTL_S, WAKE_CHANNEL, *more_args]
+        return keys, args
 
     async def _sync_clock(self) -> None:
         # The deadline is on Redis's clock; learn its offset from ours (error <= RTT/2).

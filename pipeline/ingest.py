@@ -58,6 +58,23 @@ async def _surely_not_queued(found: Services, message_id: str) -> bool | None:
         return None
 
 
+async def _settle(found: Services, exc: bus.Unavailable, message_id: str, noun: str) -> None:
+    """After a failed enqueue: return if ``message_id`` was queued after all (answer 202), raise
+    503 if it surely was not, or 503 ``outcome-unknown`` if that cannot be told."""
+    not_queued = True if exc.outcome_known else await _surely_not_queued(found, message_id)
+    if not_queued is True:
+        raise unavailable("The queue (Redis)") from None
+    if not_queued is None:
+        raise Problem(
+            503,
+            f"Redis stopped answering while the {noun} was being queued: it may or may not have "
+            "been queued. Send it again with the same Idempotency-Key to have it stored exactly once.",
+            headers={"Retry-After": RETRY_AFTER_S},
+            extensions={"outcome": "unknown"},
+            kind="outcome-unknown",
+        ) from None
+
+
 def unavailable(what: str, kind: str = "redis-unavailable") -> Problem:
     """503: a dependency cannot take the request now; nothing was done."""
     return Problem(
@@ -95,19 +112,7 @@ async def accept(
             message_id, payload, received_at, channel=channel, idempotency_key=idempotency_key, body=body
         )
     except bus.Unavailable as exc:
-        not_queued = True if exc.outcome_known else await _surely_not_queued(found, message_id)
-        if not_queued is True:
-            raise unavailable("The queue (Redis)") from None
-        if not_queued is None:
-            raise Problem(
-                503,
-                "Redis stopped answering while the message was being queued: it may or may not "
-                "have been queued. Send it again with the same Idempotency-Key to have it stored "
-                "exactly once.",
-                headers={"Retry-After": RETRY_AFTER_S},
-                extensions={"outcome": "unknown"},
-                kind="outcome-unknown",
-            ) from None
+        await _settle(found, exc, message_id, "message")
         accepted = bus.Accepted(message_id, received_at)
     except bus.IdempotencyConflict as exc:
         raise Problem(422, f"This Idempotency-Key was used for message {exc} with another body.") from None
@@ -136,19 +141,7 @@ async def accept_batch(
         )
     except bus.Unavailable as exc:
         # The batch is one job, stored in one transaction: its first id tells about all of them.
-        not_queued = True if exc.outcome_known else await _surely_not_queued(found, message_ids[0])
-        if not_queued is True:
-            raise unavailable("The queue (Redis)") from None
-        if not_queued is None:
-            raise Problem(
-                503,
-                "Redis stopped answering while the batch was being queued: it may or may not have "
-                "been queued, whole. Send it again with the same Idempotency-Key to have it stored "
-                "exactly once.",
-                headers={"Retry-After": RETRY_AFTER_S},
-                extensions={"outcome": "unknown"},
-                kind="outcome-unknown",
-            ) from None
+        await _settle(found, exc, message_ids[0], "batch")
         accepted = bus.AcceptedBatch(message_ids, received_at)
     except bus.QueueBehind:
         raise Problem(

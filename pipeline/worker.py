@@ -45,19 +45,12 @@ async def store_message(
 
     (``channel`` has a default so jobs queued by the version before channels still run.)
     """
-    settings: Settings = ctx["settings"]
-    tries: int = ctx["job_try"]
     try:
         async with asyncio.timeout(STORE_TIMEOUT_S):
             writer: Writer = ctx["writer"]
             message = await writer.save((message_id, payload, received_at, channel))
     except _RETRYABLE as exc:
-        if tries < settings.store_max_tries:
-            delay_s = min(settings.store_retry_base_s * 2 ** (tries - 1), 30.0)
-            logger.warning(
-                "store of %s failed (try %d): %s; retrying in %.2fs", message_id, tries, exc, delay_s
-            )
-            raise Retry(defer=delay_s) from exc
+        _retry_while_tries_left(ctx, message_id, exc)
         await _give_up(ctx, message_id, payload, received_at, channel, exc)
         raise
     except Exception as exc:
@@ -76,8 +69,6 @@ async def store_batch(
 ) -> int:
     """arq job: store a bulk write's documents, in line order, in one transaction, announce them
     in one notification, then mark its ids no longer queued; returns the last ``seq``."""
-    settings: Settings = ctx["settings"]
-    tries: int = ctx["job_try"]
     rows = [
         (message_id, payload, received_at, channel)
         for message_id, payload in zip(message_ids, payloads, strict=True)
@@ -87,12 +78,7 @@ async def store_batch(
             writer: Writer = ctx["writer"]
             stored = await writer.save_batch(rows)
     except _RETRYABLE as exc:
-        if tries < settings.store_max_tries:
-            delay_s = min(settings.store_retry_base_s * 2 ** (tries - 1), 30.0)
-            logger.warning(
-                "store of batch %s failed (try %d): %s; retrying in %.2fs", batch_id, tries, exc, delay_s
-            )
-            raise Retry(defer=delay_s) from exc
+        _retry_while_tries_left(ctx, f"batch {batch_id}", exc)
         await _give_up_batch(ctx, batch_id, rows, exc)
         raise
     except Exception as exc:
@@ -104,6 +90,16 @@ async def store_batch(
         # Stored; run again (storing twice stores once) so its ids stop counting as queued.
         raise Retry(defer=1.0) from exc
     return stored[-1].seq
+
+
+def _retry_while_tries_left(ctx: dict[str, Any], what: str, exc: BaseException) -> None:
+    """Raise arq's Retry, backing off, while the job has tries left (then the caller gives up)."""
+    settings: Settings = ctx["settings"]
+    tries: int = ctx["job_try"]
+    if tries < settings.store_max_tries:
+        delay_s = min(settings.store_retry_base_s * 2 ** (tries - 1), 30.0)
+        logger.warning("store of %s failed (try %d): %s; retrying in %.2fs", what, tries, exc, delay_s)
+        raise Retry(defer=delay_s) from exc
 
 
 async def _give_up_batch(

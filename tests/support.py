@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
@@ -516,6 +517,32 @@ def marked_processes(mark: str) -> set[int]:
             except OSError:
                 continue
     return found
+
+
+def cmdline(pid: int) -> list[bytes]:
+    """The arguments ``pid`` runs with ([] once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    except OSError:
+        return []
+
+
+def websocket_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each server frame in ``data``, bytes read after the handshake
+    (RFC 6455 §5.2: server frames are not masked); a frame cut short keeps what arrived."""
+    frames, at = [], 0
+    while at + 2 <= len(data):
+        opcode, length = data[at] & 0x0F, data[at + 1] & 0x7F
+        at += 2
+        if length == 126:
+            (length,) = struct.unpack(">H", data[at : at + 2])
+            at += 2
+        elif length == 127:
+            (length,) = struct.unpack(">Q", data[at : at + 8])
+            at += 8
+        frames.append((opcode, data[at : at + length]))
+        at += length
+    return frames
 
 
 def alive(pid: int) -> bool:

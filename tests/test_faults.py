@@ -31,6 +31,7 @@ from tests.support import (
     Sender,
     SqliteLock,
     assert_stored_exactly_once,
+    cmdline,
     count_rows,
     free_port,
     in_progress,
@@ -169,7 +170,7 @@ def test_everything_killed_at_once_then_restarted(tmp_path: Path) -> None:
         assert runner.process is not None
         # The worker falls behind (stopped), so accepted jobs are waiting in Redis when it all dies:
         # they are only safe in Redis's append-only file.
-        (worker,) = [pid for pid in runner.descendants() if _cmdline(pid)[-1:] == [b"worker"]]
+        (worker,) = [pid for pid in runner.descendants() if cmdline(pid)[-1:] == [b"worker"]]
         os.kill(worker, signal.SIGSTOP)
         redis_url = f"unix://{runner.data_dir / 'redis.sock'}"
         wait_until(lambda: queued(redis_url) >= 30, timeout_s=30, interval_s=0.05)
@@ -186,13 +187,6 @@ def test_everything_killed_at_once_then_restarted(tmp_path: Path) -> None:
         assert len(sender.accepted) > 100
     finally:
         runner.stop()
-
-
-def _cmdline(pid: int) -> list[bytes]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
-    except OSError:
-        return []
 
 
 @pytest.mark.parametrize("how", ["restart", "kill"])

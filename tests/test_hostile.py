@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import Pipeline, RedisServer, send, wait_until
+from tests.support import Pipeline, RedisServer, send, wait_until, websocket_frames
 
 MAX_SEQ = 2**63 - 1
 BAD_NUMBERS = [
@@ -216,19 +216,9 @@ def _mask(payload: bytes, mask: bytes) -> bytes:
 
 def server_close_code(data: bytes) -> int | None:
     """The code of the first close frame in ``data`` (server frames, after the handshake)."""
-    at = 0
-    while at + 2 <= len(data):
-        opcode, length = data[at] & 0x0F, data[at + 1] & 0x7F
-        at += 2
-        if length == 126:
-            (length,) = struct.unpack(">H", data[at : at + 2])
-            at += 2
-        elif length == 127:
-            (length,) = struct.unpack(">Q", data[at : at + 8])
-            at += 8
+    for opcode, payload in websocket_frames(data):
         if opcode == 8:
-            return int(struct.unpack(">H", data[at : at + 2])[0]) if length >= 2 else 1005
-        at += length
+            return int(struct.unpack(">H", payload[:2])[0]) if len(payload) >= 2 else 1005
     return None
 
 

@@ -506,6 +506,13 @@ class WebSocketRefusingProxy:
                 sock.close()
 
 
+# While its web process is down Chromium reports the page's refused attempts to connect
+# (WebSocket, then the SSE fallback it tries at once).
+WHILE_WEB_IS_DOWN = [
+    r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws\?after=\d+[^']*' failed: "
+    r"Error in connection establishment: net::ERR_CONNECTION_REFUSED$",
+    r"^Failed to load resource: net::ERR_CONNECTION_REFUSED$",
+]
 # Chromium reports each refused handshake on the console; that is what these tests do on purpose.
 REFUSED_WEBSOCKET = r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws\?after=\d+[^']*' failed: .*\b403\b"
 
@@ -587,13 +594,7 @@ def test_page_resumes_after_the_service_restarts(
     pipeline.wait_healthy(url)
     page = open_page(
         url + "/",
-        # While its web process is down Chromium reports the page's refused attempts to connect
-        # (WebSocket, then the SSE fallback it tries at once).
-        allow_console=[
-            r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws\?after=\d+[^']*' failed: "
-            r"Error in connection establishment: net::ERR_CONNECTION_REFUSED$",
-            r"^Failed to load resource: net::ERR_CONNECTION_REFUSED$",
-        ],
+        allow_console=WHILE_WEB_IS_DOWN,
     )
     page.wait_live("ws")
 
@@ -1223,11 +1224,7 @@ def test_gap_is_told(open_page: OpenPage, redis_server: RedisServer, pipeline: P
         wait_until(lambda: (rows := stored(client)) and len(rows) == 3 and rows[-1]["id"] == first, 75, 0.5)
     page = open_page(
         url + "/",
-        allow_console=[
-            r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws\?after=\d+[^']*' failed: "
-            r"Error in connection establishment: net::ERR_CONNECTION_REFUSED$",
-            r"^Failed to load resource: net::ERR_CONNECTION_REFUSED$",
-        ],
+        allow_console=WHILE_WEB_IS_DOWN,
     )
     page.wait_live("ws")
     page.until(lambda: page.entry(first), "showing the first message")
@@ -1268,11 +1265,7 @@ def test_reset_is_told_and_the_list_reloaded(
         assert "pipeline-epoch" in client.get("/messages").headers, "no Pipeline-Epoch header"
     page = open_page(
         url + "/",
-        allow_console=[
-            r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws\?after=\d+[^']*' failed: "
-            r"Error in connection establishment: net::ERR_CONNECTION_REFUSED$",
-            r"^Failed to load resource: net::ERR_CONNECTION_REFUSED$",
-        ],
+        allow_console=WHILE_WEB_IS_DOWN,
     )
     page.wait_live("ws")
     page.until(lambda: page.state()["total"] == 3, "showing the three old messages")

@@ -24,6 +24,7 @@ from tests.support import (
     RedisServer,
     RunPy,
     alive,
+    cmdline,
     descendants,
     free_port,
     marked_processes,
@@ -153,7 +154,7 @@ def test_web_concurrency_starts_several_web_processes_on_one_port(tmp_path: Path
     runner = RunPy(tmp_path / "data", free_port(), WEB_CONCURRENCY="2")
     try:
         runner.start()
-        webs = [pid for pid in runner.descendants() if b"web" in _cmdline(pid)[2:3]]
+        webs = [pid for pid in runner.descendants() if b"web" in cmdline(pid)[2:3]]
         assert len(webs) == 2
         with httpx.Client(base_url=runner.url, timeout=10) as client:
             with connect(runner.url.replace("http", "ws") + "/ws") as ws:
@@ -168,13 +169,6 @@ def test_web_concurrency_starts_several_web_processes_on_one_port(tmp_path: Path
         assert not [pid for pid in webs if alive(pid)]
     finally:
         runner.stop()
-
-
-def _cmdline(pid: int) -> list[bytes]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
-    except OSError:
-        return []
 
 
 # A busy port (SPEC §6) ---------------------------------------------------------------------

@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect as async_connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.support import Pipeline, send, wait_until
+from tests.support import Pipeline, send, wait_until, websocket_frames
 
 pytestmark = pytest.mark.slow
 
@@ -119,24 +119,6 @@ def read_all(sock: socket.socket, timeout_s: float = 20) -> bytes:
     return b"".join(chunks)
 
 
-def websocket_frames(data: bytes) -> list[tuple[int, bytes]]:
-    """(opcode, payload) of each server frame after the HTTP handshake (RFC 6455 §5.2)."""
-    data = data[data.index(b"\r\n\r\n") + 4 :]
-    frames, at = [], 0
-    while at + 2 <= len(data):
-        opcode, length = data[at] & 0x0F, data[at + 1] & 0x7F
-        at += 2
-        if length == 126:
-            (length,) = struct.unpack(">H", data[at : at + 2])
-            at += 2
-        elif length == 127:
-            (length,) = struct.unpack(">Q", data[at : at + 8])
-            at += 8
-        frames.append((opcode, data[at : at + length]))
-        at += length
-    return frames
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -183,7 +165,8 @@ def test_a_stalled_websocket_is_closed_1013_and_resumes_while_100_others_keep_up
     assert p99 < 2.0, f"p99 delivery {p99:.2f}s"
 
     # The stalled client: what it finally reads ends with a 1013 close.
-    frames = websocket_frames(read_all(stalled))
+    data = read_all(stalled)
+    frames = websocket_frames(data[data.index(b"\r\n\r\n") + 4 :])
     stalled.close()
     messages = [json.loads(payload)["data"] for opcode, payload in frames if opcode == 1]
     messages = [m for m in messages if "seq" in m]
