@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import random
 import socket
 import struct
 import sys
@@ -16,6 +17,8 @@ import sys
 _SO_ATTACH_REUSEPORT_CBPF = 51
 _BPF_LD_W_ABS, _BPF_ALU_MOD_K, _BPF_RET_A = 0x20, 0x94, 0x16
 _SKF_AD_RANDOM = (-0x1000 + 56) & 0xFFFFFFFF  # SKF_AD_OFF + SKF_AD_RANDOM
+# free_port picks above this: below are the well-known and commonly configured ports.
+_LOWEST_PICKED = 20000
 # What the kernel queues before hypercorn accepts (hypercorn sets its own backlog again).
 _BACKLOG = 2048
 
@@ -100,9 +103,42 @@ def adopt(fd: int) -> socket.socket:
     return sock
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
+def free_port(count: int = 1) -> int:
+    """The first of ``count`` consecutive TCP ports that nothing holds right now.
+
+    Picked below the kernel's ephemeral range where it is known (Linux): a port from there is
+    never handed to an outgoing connection as its local port, so it is still free when a server
+    started a moment later binds it (one found by binding port 0 can be taken meanwhile).
+    """
+    first_ephemeral = _first_ephemeral_port()
+    if first_ephemeral - _LOWEST_PICKED > 100 * count:
+        for _ in range(200):
+            port = random.randrange(_LOWEST_PICKED, first_ephemeral - count + 1)
+            if all(_bindable(port + offset) for offset in range(count)):
+                return port
+    while True:  # elsewhere: what the kernel picks
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if all(_bindable(port + offset) for offset in range(count)):
+            return port
+
+
+def _first_ephemeral_port() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _bindable(port: int) -> bool:
+    if port > 65535:
+        return False
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            # Refused too if anyone holds the port on one address only (loopback, say).
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True

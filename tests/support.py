@@ -431,7 +431,7 @@ def procfile_scaled_out(redis_url: str, database_url: str, log_path: Path) -> It
     """The Procfile as a platform runs it (honcho): ``release``, then 2 web and 2 worker
     processes on one Redis and database; yields the two web URLs once both are healthy and stops
     every process (its process group) afterwards."""
-    base_port = free_port()
+    base_port = free_port(count=2)  # honcho gives web.1 this port, web.2 the next
     env = {
         **os.environ,
         "REDIS_URL": redis_url,
@@ -454,7 +454,11 @@ def procfile_scaled_out(redis_url: str, database_url: str, log_path: Path) -> It
         webs = [f"http://127.0.0.1:{base_port}", f"http://127.0.0.1:{base_port + 1}"]
         try:
             for web in webs:
-                Pipeline.wait_healthy(None, web)  # type: ignore[arg-type]
+                try:
+                    Pipeline.wait_healthy(None, web)  # type: ignore[arg-type]
+                except TimeoutError as exc:
+                    said = log_path.read_text()
+                    raise AssertionError(f"{web} never turned healthy; honcho said:\n{said}") from exc
             yield webs
         finally:
             os.killpg(processes.pid, signal.SIGTERM)
